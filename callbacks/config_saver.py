@@ -1,0 +1,30 @@
+"""Save the resolved CLI config into the run directory, whatever loggers are attached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import SaveConfigCallback
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Write ``<run dir>/config.yaml`` (the run directory is ``trainer.default_root_dir``).
+
+    Lightning's own callback writes into the first logger's ``log_dir``, which differs per logger
+    (and is missing for MLflow on a database store). Tracker callbacks read this file at
+    ``on_fit_start`` to send the whole resolved config to their tracker.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            run_dir = Path(trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.parser.save(
+                self.config, str(run_dir / self.config_filename), skip_none=False, overwrite=True, multifile=self.multifile
+            )
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)

@@ -1,0 +1,92 @@
+"""The ``harvest`` command: LightningCLI subcommands plus Harvest's own tools.
+
+``harvest fit|validate|test|predict --config …`` are Lightning's, with model and data in subclass
+mode, ``data.num_classes`` / ``data.class_names`` linked into the model, the run laid out in one
+directory and GPU precisions falling back to ``32-true`` on machines without a CUDA GPU.
+``harvest registry|data|sweep|monitor …`` are Harvest's tools (see ``harvest <tool> --help``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from callbacks.config_saver import RunConfigSaver
+from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name
+
+#: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
+TOOLS: dict[str, str] = {
+    "registry": "harvest.registry_cli:main",
+    "data": "harvest.data_cli:main",
+    "sweep": "harvest.sweeps:main",
+    "monitor": "harvest.monitoring:main",
+}
+
+#: Modules imported so that short class names (``--model SemiSupervisedClassifier``) resolve.
+_COMPONENT_MODULES = ("lightning_modules", "datamodules", "callbacks")
+
+
+class HarvestCLI(LightningCLI):
+    """LightningCLI with Harvest's run layout, argument links and precision fallback."""
+
+    run_dir: Path | None = None
+
+    def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
+        for module in _COMPONENT_MODULES:
+            importlib.import_module(module)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"description": "Harvest: " + (__doc__ or "").splitlines()[0]})
+        super().__init__(args=args, run=run, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Run name used for the run directory and in every tracker (default: <pipeline>_<YYYYmmdd_HHMMSS>).",
+        )
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        pipeline = pipeline_name(config.get("data"))
+        config.run_name = resolve_run_name(config.get("run_name"), pipeline)
+        self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
+        resolve_precision(config.trainer)
+
+
+def _configure_logging() -> None:
+    """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr."""
+    for name in ("harvest", "callbacks", "datamodules", "lightning_modules"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
+def cli_main(args: ArgsType = None) -> Any:
+    """Entry point of ``harvest`` and ``python -m harvest``; tests call it with a list of arguments."""
+    _configure_logging()
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in TOOLS:
+        module_name, function = TOOLS[argv[0]].split(":")
+        return getattr(importlib.import_module(module_name), function)(list(argv[1:]))
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in ("-h", "--help"):
+        print("Harvest tools beside Lightning's subcommands: " + ", ".join(f"harvest {t} --help" for t in TOOLS))
+    return HarvestCLI(args=args)
+
+
+if __name__ == "__main__":
+    cli_main()
