@@ -1,4 +1,4 @@
-from harvest.cli import cli_main
+from harvest.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -88,5 +88,10 @@ def cli_main(args: ArgsType = None) -> Any:
     return HarvestCLI(args=args)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Console-script entry point (``harvest``): like :func:`cli_main`, returning nothing to ``sys.exit``."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()
