@@ -48,7 +48,9 @@ class TrainingSummary(Callback):
     ``fit`` and after ``validate`` / ``test``, on rank zero only, with or without loggers. Keys:
     ``run_name``, ``status``, ``epochs_trained``, ``best_epoch``, ``monitor``, ``mode``,
     ``best_score``, ``best_checkpoint``, ``last_checkpoint``, ``history`` (one dict of epoch
-    metrics per epoch), ``final_metrics`` (every metric logged, with its last value) and ``timing``.
+    metrics per epoch), ``final_metrics`` (every metric logged, with its last value), ``results``
+    (the LightningModule's ``run_results`` dict when it has one, e.g. the best SSL algorithm's name)
+    and ``timing``.
 
     Args:
         filename: Name of the file inside the run directory.
@@ -155,6 +157,7 @@ class TrainingSummary(Callback):
             "last_checkpoint": last_path,
             "history": self.history,
             "final_metrics": dict(sorted(self.final_metrics.items())),
+            "results": getattr(trainer.lightning_module, "run_results", None),
             "timing": self.timing,
         }
 
