@@ -1,0 +1,143 @@
+"""The CLI plumbing every pipeline shares: run layout, precision fallback, summary, report, config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from jsonargparse import Namespace
+
+from harvest.cli import cli_main
+from harvest.run_setup import RUN_NAME_ENV, apply_run_layout, resolve_precision, resolve_run_name
+
+TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData"]
+FAST = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+CHECKPOINT = [
+    "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",
+    "--trainer.callbacks.save_last", "true",
+]
+SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RUN_NAME_ENV, raising=False)
+
+
+def _run_dir() -> Path:
+    (run_dir,) = Path("runs").iterdir()
+    return run_dir
+
+
+def test_fit_lays_out_one_run_directory_with_config_checkpoints_and_summary() -> None:
+    tensorboard = ["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "runs"]
+    cli_main(["fit", *TOY, "--trainer.max_epochs", "3", *FAST, *tensorboard, *CHECKPOINT, *SUMMARY])
+
+    run_dir = _run_dir()
+    assert run_dir.name.startswith("toy_") and datetime.strptime(run_dir.name[4:], "%Y%m%d_%H%M%S")
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"last.ckpt"}
+    assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard events belong in the run directory"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["run_name"] == run_dir.name and saved["trainer"]["default_root_dir"] == str(run_dir)
+
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_trained"] == 3
+    assert summary["monitor"] == "val/loss" and summary["mode"] == "min"
+    scores = [row["val/loss"] for row in summary["history"]]
+    assert summary["best_score"] == pytest.approx(min(scores))
+    assert summary["best_epoch"] == scores.index(min(scores))
+    assert Path(summary["best_checkpoint"]).is_file() and Path(summary["last_checkpoint"]).name == "last.ckpt"
+    # what the module logs in its own on_train_epoch_end belongs to the same epoch's row
+    assert [row["train/epoch_marker"] for row in summary["history"]] == [0.0, 1.0, 2.0]
+    assert summary["final_metrics"]["train/loss"] == summary["history"][-1]["train/loss"]
+    assert len(summary["timing"]["epoch_seconds"]) == 3 and summary["timing"]["fit_seconds"] > 0
+
+
+def test_summary_is_written_without_any_logger_and_updated_by_test() -> None:
+    cli = cli_main(["fit", *TOY, "--trainer.max_epochs", "1", "--trainer.logger", "false", *FAST, *CHECKPOINT, *SUMMARY])
+    run_dir = _run_dir()
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    cli_main(["test", *TOY, "--run_name", run_dir.name, "--trainer.logger", "false", *FAST, *SUMMARY, "--ckpt_path", ckpt])
+
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert 0.0 <= summary["final_metrics"]["toy/test_accuracy"] <= 1.0
+
+
+def test_fast_dev_run_writes_a_summary_but_no_checkpoints() -> None:
+    cli_main(["fit", *TOY, "--trainer.fast_dev_run", "true", *FAST, *SUMMARY])
+    run_dir = _run_dir()
+    assert json.loads((run_dir / "training_summary.json").read_text())["epochs_trained"] == 1
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_run_report_prints_the_table_and_where_outputs_are(capsys: pytest.CaptureFixture[str]) -> None:
+    report = ["--trainer.callbacks+", "RunReport", "--trainer.callbacks.metrics", "[train/*, val/*]"]
+    cli_main(["fit", *TOY, "--trainer.max_epochs", "1", "--trainer.logger", "false", *FAST, *CHECKPOINT, *report])
+    out = capsys.readouterr().out
+    assert "loss" in out and "val" in out and "train" in out
+    assert f"run directory: {_run_dir()}" in out
+
+
+def test_run_name_is_shared_with_child_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 5))
+    assert first == "fuji_apples_20250102_030405"
+    assert resolve_run_name(None, "fuji_apples") == first  # a DDP child started later gets the same name
+    assert resolve_run_name("mine", "fuji_apples") == "mine"
+
+
+def test_layout_fills_defaults_and_keeps_what_the_user_set() -> None:
+    trainer = Namespace(
+        default_root_dir=None,
+        logger=[
+            Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(save_dir="runs")),
+            Namespace(
+                class_path="lightning.pytorch.loggers.MLFlowLogger",
+                init_args=Namespace(experiment_name="mine", run_name=None),
+            ),
+        ],
+        callbacks=[
+            Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath=None)),
+            Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath="keep")),
+        ],
+    )
+    run_dir = apply_run_layout(trainer, "toy_1", "toy")
+    assert run_dir == Path("runs/toy_1") and trainer.default_root_dir == "runs/toy_1"
+    tensorboard, mlflow = trainer.logger
+    assert (tensorboard.init_args.save_dir, tensorboard.init_args.name, tensorboard.init_args.version) == ("runs", "toy_1", "")
+    assert (mlflow.init_args.experiment_name, mlflow.init_args.run_name) == ("mine", "toy_1")
+    assert [c.init_args.dirpath for c in trainer.callbacks] == ["runs/toy_1/checkpoints", "keep"]
+    # applying the layout to a saved config of the same run does not nest the directory
+    assert apply_run_layout(trainer, "toy_1", "toy") == Path("runs/toy_1")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a CUDA GPU bf16-mixed runs as configured")
+def test_gpu_precision_falls_back_on_cpu_in_one_line() -> None:
+    records = _Records()
+    logging.getLogger("harvest.run_setup").addHandler(records)
+    trainer = Namespace(precision="bf16-mixed", accelerator="auto")
+    try:
+        resolve_precision(trainer)
+    finally:
+        logging.getLogger("harvest.run_setup").removeHandler(records)
+    assert trainer.precision == "32-true"
+    assert records.messages == [
+        "precision=bf16-mixed needs a CUDA GPU and none is available: running in 32-true instead."
+    ]
+    trainer = Namespace(precision="32-true", accelerator="auto")
+    resolve_precision(trainer)
+    assert trainer.precision == "32-true"
