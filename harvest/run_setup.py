@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 #: Shared with child processes (DDP launches the script again per rank) so all ranks agree on the name.
 RUN_NAME_ENV = "HARVEST_RUN_NAME"
+_RUN_NAME_PID_ENV = "HARVEST_RUN_NAME_PID"
 DEFAULT_RUNS_DIR = "runs"
 _GPU_ONLY_PRECISIONS = {"bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true", 16}
 
@@ -43,9 +44,15 @@ def pipeline_name(data_cfg: Any) -> str:
 
 
 def resolve_run_name(explicit: str | None, pipeline: str, now: datetime | None = None) -> str:
-    """The run name: ``explicit``, else the one a parent process chose, else a new timestamped one."""
-    name = explicit or os.environ.get(RUN_NAME_ENV) or f"{pipeline}_{(now or datetime.now()):%Y%m%d_%H%M%S}"
+    """The run name: ``explicit``, else the one a parent process chose, else a new timestamped one.
+
+    A name found in the environment is reused only when another process put it there (the DDP
+    launcher's parent, or the user): a second run started in the same process gets its own name.
+    """
+    inherited = os.environ.get(RUN_NAME_ENV) if os.environ.get(_RUN_NAME_PID_ENV) != str(os.getpid()) else None
+    name = explicit or inherited or f"{pipeline}_{(now or datetime.now()):%Y%m%d_%H%M%S}"
     os.environ[RUN_NAME_ENV] = name
+    os.environ[_RUN_NAME_PID_ENV] = str(os.getpid())
     return name
 
 

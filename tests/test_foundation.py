@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +29,8 @@ SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(RUN_NAME_ENV, raising=False)
+    for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def _run_dir() -> Path:
@@ -84,10 +87,16 @@ def test_run_report_prints_the_table_and_where_outputs_are(capsys: pytest.Captur
     assert f"run directory: {_run_dir()}" in out
 
 
-def test_run_name_is_shared_with_child_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_name_is_shared_with_child_processes_only() -> None:
     first = resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 5))
     assert first == "fuji_apples_20250102_030405"
-    assert resolve_run_name(None, "fuji_apples") == first  # a DDP child started later gets the same name
+    child = subprocess.run(
+        [sys.executable, "-c", "from harvest.run_setup import resolve_run_name; print(resolve_run_name(None, 'x'))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert child.stdout.strip() == first  # a DDP rank launched by this process gets the same name
+    # a second run in the same process (a sweep, the demo) gets its own name
+    assert resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 6)) == "fuji_apples_20250102_030406"
     assert resolve_run_name("mine", "fuji_apples") == "mine"
 
 
