@@ -17,7 +17,7 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from callbacks.config_saver import RunConfigSaver
-from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name
+from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name, runs_folder
 
 #: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
 TOOLS: dict[str, str] = {
@@ -59,7 +59,7 @@ class HarvestCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         pipeline = pipeline_name(config.get("data"))
-        config.run_name = resolve_run_name(config.get("run_name"), pipeline)
+        config.run_name = resolve_run_name(config.get("run_name"), pipeline, runs_root=runs_folder(config.trainer))
         self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
         resolve_precision(config.trainer)
 

@@ -43,14 +43,23 @@ def pipeline_name(data_cfg: Any) -> str:
     return getattr(cls, "pipeline", None) or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
 
-def resolve_run_name(explicit: str | None, pipeline: str, now: datetime | None = None) -> str:
+def resolve_run_name(
+    explicit: str | None, pipeline: str, now: datetime | None = None, runs_root: Path | None = None
+) -> str:
     """The run name: ``explicit``, else the one a parent process chose, else a new timestamped one.
 
     A name found in the environment is reused only when another process put it there (the DDP
-    launcher's parent, or the user): a second run started in the same process gets its own name.
+    launcher's parent, or the user): a second run started in the same process gets its own name,
+    with a ``_2``, ``_3``… suffix when a run of that name already exists under ``runs_root``.
     """
     inherited = os.environ.get(RUN_NAME_ENV) if os.environ.get(_RUN_NAME_PID_ENV) != str(os.getpid()) else None
-    name = explicit or inherited or f"{pipeline}_{(now or datetime.now()):%Y%m%d_%H%M%S}"
+    name = explicit or inherited
+    if not name:
+        name = base = f"{pipeline}_{(now or datetime.now()):%Y%m%d_%H%M%S}"
+        suffix = 1
+        while runs_root is not None and (runs_root / name).exists():
+            suffix += 1
+            name = f"{base}_{suffix}"
     os.environ[RUN_NAME_ENV] = name
     os.environ[_RUN_NAME_PID_ENV] = str(os.getpid())
     return name
@@ -76,6 +85,11 @@ def _fill(init_args: Namespace, key: str, default: Any, value: Any) -> None:
         init_args[key] = value
 
 
+def runs_folder(trainer_cfg: Namespace) -> Path:
+    """The folder that holds run directories: ``trainer.default_root_dir``, else ``runs``."""
+    return Path(trainer_cfg.get("default_root_dir") or DEFAULT_RUNS_DIR)
+
+
 def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Path:
     """Point the trainer, its loggers and its checkpoint callbacks at the run directory.
 
@@ -87,7 +101,7 @@ def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Pa
     Returns:
         The run directory.
     """
-    root = Path(trainer_cfg.get("default_root_dir") or DEFAULT_RUNS_DIR)
+    root = runs_folder(trainer_cfg)
     run_dir = root if root.name == run_name else root / run_name
     trainer_cfg.default_root_dir = str(run_dir)
 

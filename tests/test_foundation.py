@@ -97,6 +97,9 @@ def test_run_name_is_shared_with_child_processes_only() -> None:
     assert child.stdout.strip() == first  # a DDP rank launched by this process gets the same name
     # a second run in the same process (a sweep, the demo) gets its own name
     assert resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 6)) == "fuji_apples_20250102_030406"
+    Path("runs/fuji_apples_20250102_030407").mkdir(parents=True)
+    later = datetime(2025, 1, 2, 3, 4, 7)
+    assert resolve_run_name(None, "fuji_apples", now=later, runs_root=Path("runs")) == "fuji_apples_20250102_030407_2"
     assert resolve_run_name("mine", "fuji_apples") == "mine"
 
 
