@@ -64,7 +64,7 @@ class HarvestCLI(LightningCLI):
         resolve_precision(config.trainer)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr."""
     for name in ("harvest", "callbacks", "datamodules", "lightning_modules"):
         logger = logging.getLogger(name)
@@ -78,7 +78,7 @@ def _configure_logging() -> None:
 
 def cli_main(args: ArgsType = None) -> Any:
     """Entry point of ``harvest`` and ``python -m harvest``; tests call it with a list of arguments."""
-    _configure_logging()
+    configure_logging()
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in TOOLS:
         module_name, function = TOOLS[argv[0]].split(":")
