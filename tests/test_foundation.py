@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -153,3 +154,19 @@ def test_gpu_precision_falls_back_on_cpu_in_one_line() -> None:
     trainer = Namespace(precision="32-true", accelerator="auto")
     resolve_precision(trainer)
     assert trainer.precision == "32-true"
+
+
+def test_ddp_on_cpu_gives_both_ranks_one_run_directory(tmp_path: Path) -> None:
+    """Lightning's DDP launcher starts the command again per rank; both must agree on the run."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    command = [
+        sys.executable, "-m", "harvest", "fit", *TOY, "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false", *FAST, *CHECKPOINT, *SUMMARY,
+    ]
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+
+    run_dir = _run_dir()
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_trained"] == 2
+    assert Path(summary["best_checkpoint"]).parent.resolve() == (run_dir / "checkpoints").resolve()
+    assert [p.name for p in Path("runs").iterdir()] == [run_dir.name]
