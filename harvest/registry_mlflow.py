@@ -1,0 +1,225 @@
+"""MLflow Model Registry backend: the local SQLite store or any tracking server.
+
+Each version is a real MLflow model (pyfunc flavor, models-from-code: :mod:`harvest.registry_pyfunc`
+with the package folder as its artifact), logged as an MLflow 3 LoggedModel of the run that
+trained it (found by run name in the experiment named after the pipeline, else a run made for
+the registration), and registered with the record as ``harvest.*`` version tags.
+``mlflow models serve -m models:/NAME@production`` serves it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from harvest.imports import require
+from harvest.registry_base import RegistryBackend, RegistryError, VersionInfo, decode_record, encode_record
+
+MODEL_ARTIFACT = "model"
+PACKAGE_ARTIFACT = "package"
+#: Distributions the served model imports (Harvest itself must be installed where it is served).
+_REQUIREMENTS = ("torch", "torchvision", "lightning", "scikit-learn", "skops", "mlflow", "numpy", "pandas")
+
+
+def _pinned_requirements() -> list[str]:
+    pinned = []
+    for dist in _REQUIREMENTS:
+        try:
+            pinned.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(dist)
+    return pinned
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No per-file progress bars, no advice to add an input example (the signature says what goes in)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+class MlflowBackend(RegistryBackend):
+    """Registered models, versions and aliases in an MLflow tracking store.
+
+    Args:
+        uri: Tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``…); the registry URI is the same.
+    """
+
+    def __init__(self, uri: str) -> None:
+        require("mlflow", "the MLflow model registry")
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    # ------------------------------------------------------------------ reading
+    def _info(self, mv: Any) -> VersionInfo:
+        return VersionInfo(mv.name, str(mv.version), list(mv.aliases or []), decode_record(mv.tags or {}), mv.source)
+
+    def _missing(self, err: Exception) -> bool:
+        return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(err).lower()
+
+    def model_names(self) -> list[str]:
+        return sorted(m.name for m in self.client.search_registered_models(max_results=1000))
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self.client.get_registered_model(name).aliases or {}
+        except MlflowException as err:
+            if self._missing(err):
+                return []
+            raise
+        out = []
+        for mv in self.client.search_model_versions(f"name = '{name}'", max_results=10000):
+            info = self._info(mv)  # search results carry no aliases: take them from the registered model
+            info.aliases = sorted(a for a, v in aliases.items() if str(v) == info.version)
+            out.append(info)
+        return sorted(out, key=lambda v: int(v.version))
+
+    def get(self, name: str, version: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version(name, version))
+        except MlflowException as err:
+            if self._missing(err):
+                return None
+            raise
+
+    def holder(self, name: str, alias: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version_by_alias(name, alias))
+        except MlflowException as err:
+            if self._missing(err) or getattr(err, "error_code", "") == "INVALID_PARAMETER_VALUE":
+                return None
+            raise
+
+    # ------------------------------------------------------------------ writing
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(name, alias)
+
+    def delete_version(self, name: str, version: str) -> None:
+        self.client.delete_model_version(name, version)
+
+    def _source_run(self, record: dict[str, Any], pipeline: str) -> tuple[str, str, bool]:
+        """(experiment id, run id, whether the run was made here): the training run when this store has it."""
+        experiment = self.client.get_experiment_by_name(pipeline)
+        run_name = record.get("run_name") or pipeline
+        if experiment is not None:
+            found = self.client.search_runs(
+                [experiment.experiment_id], f"attributes.run_name = '{run_name}'", max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+            if found:
+                return experiment.experiment_id, found[0].info.run_id, False
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = self.client.create_experiment(pipeline)
+        run = self.client.create_run(
+            experiment_id, run_name=run_name,
+            tags={"harvest.run_dir": str(record.get("run_dir")), "mlflow.note.content": "Made by `harvest registry register`."},
+        )
+        return experiment_id, run.info.run_id, True
+
+    def _save_pyfunc(self, package: Path, dst: Path) -> None:
+        import mlflow.pyfunc
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        from harvest import registry_pyfunc
+
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]))
+        with _quiet():
+            mlflow.pyfunc.save_model(
+                path=str(dst), python_model=registry_pyfunc.__file__, artifacts={PACKAGE_ARTIFACT: str(package)},
+                pip_requirements=_pinned_requirements(), signature=signature,
+            )
+
+    def create_version(self, name: str, package: Path, record: dict[str, Any]) -> VersionInfo:
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+        from mlflow.exceptions import MlflowException
+
+        made_model = made_run = False
+        logged = run_id = None
+        try:
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as err:
+                if not self._missing(err):
+                    raise
+                self.client.create_registered_model(name, description="Registered by Harvest (harvest registry).")
+                made_model = True
+            pipeline = record.get("pipeline") or "harvest"
+            experiment_id, run_id, made_run = self._source_run(record, pipeline)
+            logged = self.client.create_logged_model(
+                experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, model_type="harvest",
+                tags={"harvest.class_path": record.get("class_path", "")},
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                self._save_pyfunc(package, Path(tmp) / MODEL_ARTIFACT)
+                self.client.log_model_artifacts(logged.model_id, str(Path(tmp) / MODEL_ARTIFACT))
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+            self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+            if made_run:
+                now = int(datetime.now(timezone.utc).timestamp() * 1000)
+                metrics = [Metric(k, float(v), now, 0, model_id=logged.model_id) for k, v in (record.get("metrics") or {}).items()]
+                self.client.log_batch(run_id, metrics=metrics)
+                self.client.set_terminated(run_id, "FINISHED")
+            mv = self.client.create_model_version(
+                name, source=logged.artifact_location, run_id=run_id, tags=encode_record(record),
+                description=f"{record.get('class_path')} from run {record.get('run_name')}", model_id=logged.model_id,
+            )
+        except Exception as err:  # undo what was made here, then say what failed
+            self._undo(name, made_model, logged.model_id if logged else None, run_id if made_run else None)
+            raise RegistryError(f"registering {name} in {self.uri} failed, nothing was registered: {err}".splitlines()[0]) from err
+        return self._info(mv)
+
+    def _undo(self, name: str, made_model: bool, model_id: str | None, run_id: str | None) -> None:
+        from mlflow.exceptions import MlflowException
+
+        steps = [
+            (model_id is not None, lambda: self.client.delete_logged_model(model_id)),
+            (run_id is not None, lambda: self.client.delete_run(run_id)),
+            (made_model, lambda: self.client.delete_registered_model(name)),
+        ]
+        for needed, step in steps:
+            if needed:
+                try:
+                    step()
+                except MlflowException:  # best effort: the original error is what the user needs
+                    pass
+
+    def download(self, version: VersionInfo, dst: Path) -> Path:
+        import mlflow.artifacts
+
+        with _quiet():
+            local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.uri)
+        package = Path(local) / "artifacts" / PACKAGE_ARTIFACT
+        if not package.is_dir():
+            raise RegistryError(f"{version.label}: its MLflow model at {version.source} holds no Harvest package; re-register it.")
+        return package
