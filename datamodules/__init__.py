@@ -1,0 +1,1 @@
+from datamodules.groceries import GroceriesDataModule

@@ -1,0 +1,309 @@
+"""DS2GROCERIES: image folders per split and class, with a seeded labeled/unlabeled split of train."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from callbacks.training_summary import write_json_atomic
+from datamodules.image_folder import BadImageError, ImageDataset, build_transform, class_folders, list_images, probe_image
+from datamodules.labeled_split import stratified_choice
+from datamodules.synthetic import write_groceries
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+Sample = tuple[Path, int]
+
+
+class GroceriesDataModule(pl.LightningDataModule):
+    """Grocery images in the DS2GROCERIES layout ``ROOT/{train,val,test}/<class>/*.{jpg,jpeg,png}``.
+
+    Class names are the sorted folder names of ``train/`` and index every split the same way;
+    ``val/`` is optional (then ``val_fraction`` of every training class is held out, seeded). A
+    seeded, stratified ``labeled_ratio`` of the training images keep their labels (at least one per
+    class); the others are unlabeled. ``train_dataloader`` yields the labeled images only (for
+    fine-tuning); :meth:`all_train_dataloader` yields every training image with its semi-supervised
+    target (``-1`` when unlabeled) for feature extraction. The split is written to
+    ``<run dir>/data_split.json`` and kept in the checkpoint (:meth:`state_dict`).
+
+    Args:
+        root: Data set folder.
+        labeled_ratio: Fraction of each training class that keeps its labels.
+        val_fraction: Fraction of each training class held out for validation when there is no ``val/``.
+        seed: Seed of the labeled choice and of the validation hold-out.
+        image_size: Side of the square images fed to the network.
+        batch_size: Batch size of every data loader.
+        num_workers: Data loader worker processes.
+        augmentations: Training transforms applied after the random resized crop (torchvision
+            ``transforms.v2`` modules); ``None`` means a random horizontal flip, ``[]`` none.
+        crop_scale: Area range of the training random resized crop.
+        synthesize: Demo only: when ``root`` does not exist, write a small synthetic grocery set there.
+        skip_bad_images: Skip images that cannot be decoded (with a warning counting them) instead of failing.
+        predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
+    """
+
+    pipeline = "groceries_ssl"
+    split_filename = "data_split.json"
+
+    def __init__(
+        self,
+        root: str = "data/DS2GROCERIES",
+        labeled_ratio: float = 0.1,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        augmentations: list[torch.nn.Module] | None = None,
+        crop_scale: tuple[float, float] = (0.7, 1.0),
+        synthesize: bool = False,
+        skip_bad_images: bool = False,
+        predict_root: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < labeled_ratio <= 1.0:
+            raise ValueError(f"data.init_args.labeled_ratio={labeled_ratio}: use a fraction in (0, 1].")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.init_args.val_fraction={val_fraction}: use a fraction in (0, 1).")
+        self.root = Path(root)
+        self.labeled_ratio, self.val_fraction, self.seed = labeled_ratio, val_fraction, seed
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.augmentations = [v2.RandomHorizontalFlip()] if augmentations is None else list(augmentations)
+        self.crop_scale = tuple(crop_scale)
+        self.skip_bad_images = skip_bad_images
+        self.predict_root = Path(predict_root) if predict_root else None
+        if synthesize and not self.root.exists():
+            log.warning("data.synthesize: %s does not exist, writing a synthetic grocery set there (demo data).", self.root)
+            write_groceries(self.root, seed=seed)
+        if not (self.root / "train").is_dir():
+            raise FileNotFoundError(
+                f"DS2GROCERIES not found: {self.root / 'train'} is missing. Put the data set at {self.root} as "
+                "train/<class>/*.jpg, test/<class>/*.jpg (val/ optional), or point data.init_args.root at it."
+            )
+        self.class_names: list[str] = class_folders(self.root / "train")
+        if not self.class_names:
+            raise FileNotFoundError(f"{self.root / 'train'} holds no class folders: add train/<class>/*.jpg.")
+        self.num_classes = len(self.class_names)
+        self.samples: dict[str, list[Sample]] = {}
+        self.labeled_mask = np.zeros(0, dtype=bool)
+        self.split: dict[str, Any] | None = None
+        self._train_all: list[Sample] = []
+
+    # ------------------------------------------------------------------ files and problems
+    def _files(self) -> dict[str, dict[str, list[Path]]]:
+        """Image files per present split and class folder, straight from disk."""
+        return {
+            split: {name: list_images(self.root / split / name) for name in class_folders(self.root / split)}
+            for split in SPLITS
+            if (self.root / split).is_dir()
+        }
+
+    def _structure_problems(self, files: dict[str, dict[str, list[Path]]]) -> list[str]:
+        problems = []
+        if "test" not in files:
+            problems.append(f"{self.root / 'test'}: missing split folder; add test/<class>/ images for every class of train/.")
+        for split, classes in files.items():
+            for name in self.class_names:
+                if name not in classes:
+                    problems.append(
+                        f"{self.root / split / name}: class '{name}' is missing from split '{split}'; "
+                        "add the folder with images, or remove the class from every split."
+                    )
+            for name, images in classes.items():
+                if name not in self.class_names:
+                    problems.append(f"{self.root / split / name}: class '{name}' is not in train/; add it there or remove it.")
+                elif not images:
+                    problems.append(
+                        f"{self.root / split / name}: empty class (no .jpg/.jpeg/.png files); "
+                        "add images or remove the class from every split."
+                    )
+        return problems
+
+    def check(self) -> list[str]:
+        """Every problem of the data set as one-line messages (file, problem, fix); never raises."""
+        files = self._files()
+        problems = self._structure_problems(files)
+        for path in self.dataset_files():
+            reason = probe_image(path)
+            if reason:
+                problems.append(f"{path}: cannot read image ({reason}); replace or delete the file.")
+        return problems
+
+    def dataset_files(self) -> list[Path]:
+        """Every image file of every split, sorted (what a content hash of the data set covers)."""
+        return sorted(p for classes in self._files().values() for images in classes.values() for p in images)
+
+    # ------------------------------------------------------------------ preparation and split
+    def _prepare(self) -> None:
+        """Check the folders and images once and build the splits (raises the first problem found)."""
+        if self._train_all:
+            return
+        files = self._files()
+        problems = self._structure_problems(files)
+        if problems:
+            more = f" ({len(problems) - 1} more problems: run `harvest data check`)" if len(problems) > 1 else ""
+            raise ValueError(problems[0] + more)
+        bad = [(p, why) for classes in files.values() for images in classes.values() for p in images if (why := probe_image(p))]
+        if bad and not self.skip_bad_images:
+            path, why = bad[0]
+            raise BadImageError(
+                f"{path}: cannot read image ({why}); replace or delete the file, or set data.init_args.skip_bad_images: "
+                f"true to skip such files ({len(bad)} unreadable images found)."
+            )
+        if bad:
+            log.warning("Skipping %d unreadable images (data.skip_bad_images), e.g. %s.", len(bad), bad[0][0])
+        skip = {p for p, _ in bad}
+        self.samples = {
+            split: [(p, index) for index, name in enumerate(self.class_names) for p in files[split][name] if p not in skip]
+            for split in files
+        }
+        for split, samples in self.samples.items():
+            missing = set(range(self.num_classes)) - {label for _, label in samples}
+            if missing:
+                name = self.class_names[min(missing)]
+                raise ValueError(f"{self.root / split / name}: no readable images left in class '{name}'; add images.")
+        self._train_all = self.samples["train"]
+        self._apply_split(self.split or self._new_split())
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _new_split(self) -> dict[str, Any]:
+        labels = np.array([label for _, label in self._train_all])
+        held_out = np.zeros(len(labels), dtype=bool)
+        if "val" not in self.samples:
+            held_out = stratified_choice(labels, self.val_fraction, self.seed + 1, min_per_class=1, keep_per_class=1)
+        rest = np.flatnonzero(~held_out)
+        labeled = rest[stratified_choice(labels[rest], self.labeled_ratio, self.seed, min_per_class=1)]
+        return {
+            "seed": self.seed,
+            "labeled_ratio": self.labeled_ratio,
+            "val_fraction": None if "val" in self.samples else self.val_fraction,
+            "val_from_train": [self._relative(self._train_all[i][0]) for i in np.flatnonzero(held_out)],
+            "labeled": [self._relative(self._train_all[i][0]) for i in labeled],
+        }
+
+    def _apply_split(self, split: dict[str, Any]) -> None:
+        known = {self._relative(p) for p, _ in self._train_all}
+        unknown = sorted((set(split["val_from_train"]) | set(split["labeled"])) - known)
+        if unknown:
+            raise ValueError(
+                f"{self.root}: the saved labeled split names {len(unknown)} training images that are not there "
+                f"(e.g. {unknown[0]}); use the data the split was made on, or start a new run."
+            )
+        held, labeled = set(split["val_from_train"]), set(split["labeled"])
+        if held:
+            self.samples["val"] = [s for s in self._train_all if self._relative(s[0]) in held]
+        self.samples["train"] = [s for s in self._train_all if self._relative(s[0]) not in held]
+        self.labeled_mask = np.array([self._relative(p) in labeled for p, _ in self.samples["train"]], dtype=bool)
+        self.split = split
+        trainer = self.trainer
+        if trainer is not None and not trainer.fast_dev_run and trainer.is_global_zero:
+            write_json_atomic(Path(trainer.default_root_dir) / self.split_filename, split)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._prepare()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"split": self.split} if self.split else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("split"):
+            self.split = state_dict["split"]
+            if self._train_all:
+                self._apply_split(self.split)
+
+    # ------------------------------------------------------------------ labels
+    def ssl_targets(self) -> np.ndarray:
+        """Targets of :meth:`all_train_dataloader`'s images: the class index when labeled, else ``-1``."""
+        self._prepare()
+        return np.where(self.labeled_mask, self.train_true_labels(), -1)
+
+    def train_true_labels(self) -> np.ndarray:
+        """True class index of every training image, in :meth:`all_train_dataloader` order (for reporting only)."""
+        self._prepare()
+        return np.array([label for _, label in self.samples["train"]], dtype=np.int64)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, samples: list[Sample], train: bool = False) -> DataLoader:
+        transform = build_transform(self.image_size, train, self.augmentations, self.crop_scale)
+        return DataLoader(
+            ImageDataset(samples, transform, min_size=self.image_size),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(samples) > self.batch_size,  # no 1-image batch for BatchNorm
+            num_workers=self.num_workers,
+            persistent_workers=train and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """The labeled training images only, augmented and shuffled (fine-tuning)."""
+        self._prepare()
+        return self._loader([s for s, keep in zip(self.samples["train"], self.labeled_mask) if keep], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self._prepare()
+        return self._loader(self.samples["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        self._prepare()
+        return self._loader(self.samples["test"])
+
+    def all_train_dataloader(self) -> DataLoader:
+        """Every training image (labeled and unlabeled) in a fixed order, with its :meth:`ssl_targets` value."""
+        targets = self.ssl_targets()
+        return self._loader([(p, int(t)) for (p, _), t in zip(self.samples["train"], targets)])
+
+    def predict_dataloader(self) -> DataLoader:
+        """Images under ``predict_root`` (label ``-1``), else the test split."""
+        if self.predict_root is None:
+            return self.test_dataloader()
+        images = list_images(self.predict_root, recursive=True)
+        if not images:
+            raise FileNotFoundError(f"data.init_args.predict_root={self.predict_root}: no .jpg/.jpeg/.png images found there.")
+        return self._loader([(p, -1) for p in images])
+
+    # ------------------------------------------------------------------ description
+    def describe(self) -> dict[str, Any]:
+        """The data set in numbers: splits with per-class counts and the labeled/unlabeled split (JSON-ready)."""
+        self._prepare()
+        splits = {
+            split: {
+                "images": len(samples),
+                "per_class": {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(self.class_names)},
+            }
+            for split, samples in self.samples.items()
+        }
+        labeled = int(self.labeled_mask.sum())
+        return {
+            "name": self.root.name,
+            "root": str(self.root),
+            "format": "image folders: <split>/<class>/*.{jpg,jpeg,png} (DS2GROCERIES)",
+            "class_names": list(self.class_names),
+            "splits": splits,
+            "labeled_split": {
+                "labeled": labeled,
+                "unlabeled": len(self.labeled_mask) - labeled,
+                "labeled_ratio": self.labeled_ratio,
+                "seed": self.seed,
+            },
+        }
+
+    def sample_images(self, per_class: int = 4) -> dict[str, list[Path]]:
+        """Up to ``per_class`` training images of every class, spread over the sorted file list."""
+        train = self._files().get("train", {})
+        picks = {}
+        for name in self.class_names:
+            images = train.get(name, [])
+            index = np.unique(np.linspace(0, len(images) - 1, num=min(per_class, len(images))).round().astype(int))
+            picks[name] = [images[i] for i in index]
+        return picks
