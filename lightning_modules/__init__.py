@@ -1,0 +1,1 @@
+from lightning_modules.ssl_classifier import SemiSupervisedClassifier
