@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from harvest.tracking import wandb_offline_by_default
+
 log = logging.getLogger(__name__)
 
 #: Shared with child processes (DDP launches the script again per rank) so all ranks agree on the name.
@@ -118,6 +120,8 @@ def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Pa
             _fill(args, "name", None, run_name)
             _fill(args, "save_dir", ".", str(run_dir))
             _fill(args, "project", None, os.environ.get("WANDB_PROJECT") or f"harvest-{pipeline}")
+            if not args.get("log_model"):
+                _fill(args, "offline", False, wandb_offline_by_default())  # no API key: offline, said by WandbTracking
 
     for item in _items(trainer_cfg.get("callbacks")):
         if _is(item, ModelCheckpoint):

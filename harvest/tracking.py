@@ -1,0 +1,121 @@
+"""What every tracker callback needs to know about a run: its resolved config, its code version, its name.
+
+Logger-specific calls live in the callbacks (``callbacks/*_tracking.py``); this module only reads
+the run directory, the git checkout and the environment, so the CLI and the callbacks share it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import lightning.pytorch as pl
+import yaml
+
+import harvest
+
+log = logging.getLogger(__name__)
+
+#: File the CLI writes into every run directory (``callbacks.config_saver.RunConfigSaver``).
+CONFIG_FILENAME = "config.yaml"
+Scalar = bool | int | float | str
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run directory (``trainer.default_root_dir``, laid out by ``harvest.run_setup``)."""
+    return Path(trainer.default_root_dir)
+
+
+def run_name(trainer: pl.Trainer) -> str:
+    """The run's name: the same in the run directory and in every tracker."""
+    return run_dir(trainer).name
+
+
+def pipeline(trainer: pl.Trainer) -> str | None:
+    """The ``pipeline`` attribute of the attached data module, if any."""
+    return getattr(trainer.datamodule, "pipeline", None)
+
+
+def loggers_of(trainer: pl.Trainer, cls: type) -> list[Any]:
+    """The attached loggers that are instances of ``cls`` (none under ``fast_dev_run``)."""
+    return [logger for logger in trainer.loggers if isinstance(logger, cls)]
+
+
+def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The resolved CLI config of this run (``<run dir>/config.yaml``), or ``None`` outside the CLI."""
+    path = run_dir(trainer) / CONFIG_FILENAME
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _segment(item: Any, index: int, taken: set[str]) -> str:
+    name = str(item["class_path"]).rsplit(".", 1)[-1] if isinstance(item, dict) and "class_path" in item else str(index)
+    return name if name not in taken else f"{name}_{index}"
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Scalar]:
+    """A nested config as ``{"model.init_args.lr": 0.001, ...}`` with plain scalar values.
+
+    Lists of ``class_path`` dicts (callbacks, loggers) are keyed by class name, so adding a
+    callback does not renumber the others; other lists become JSON strings; ``None`` becomes ``"None"``.
+    """
+    flat: dict[str, Scalar] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            taken: set[str] = set()
+            for index, item in enumerate(value):
+                segment = _segment(item, index, taken)
+                taken.add(segment)
+                flat.update(flatten(item, f"{name}.{segment}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        elif value is None:
+            flat[name] = "None"
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat
+
+
+def git_info(start: Path | None = None) -> dict[str, str]:
+    """``{"commit": sha, "dirty": "true"|"false"}`` of the checkout holding Harvest's code (else the cwd); ``{}`` without git."""
+    for folder in (start, Path(harvest.__file__).resolve().parent.parent, Path.cwd()):
+        if folder is None:
+            continue
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            status = subprocess.run(
+                ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return {"commit": commit, "dirty": str(bool(status)).lower()}
+    return {}
+
+
+def wandb_api_key_available() -> bool:
+    """Whether W&B finds credentials: ``WANDB_API_KEY``, an identity token file, or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_offline_by_default() -> bool:
+    """W&B runs offline when no API key is set, unless ``WANDB_MODE`` says otherwise."""
+    return not os.environ.get("WANDB_MODE") and not wandb_api_key_available()
