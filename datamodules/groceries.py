@@ -149,7 +149,8 @@ class GroceriesDataModule(pl.LightningDataModule):
         files = self._files()
         problems = self._structure_problems(files)
         if problems:
-            more = f" ({len(problems) - 1} more problems: run `harvest data check`)" if len(problems) > 1 else ""
+            more = len(problems) - 1
+            more = f" ({more} more problem{'s' * (more > 1)}: run `harvest data check`)" if more else ""
             raise ValueError(problems[0] + more)
         bad = [(p, why) for classes in files.values() for images in classes.values() for p in images if (why := probe_image(p))]
         if bad and not self.skip_bad_images:

@@ -111,10 +111,11 @@ class SemiSupervisedClassifier(pl.LightningModule):
         images, labels, _ = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=stage != "train")
+        size = len(labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=stage != "train", batch_size=size)
         if accuracy is not None:
             accuracy(logits, labels)
-            self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False)
+            self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size)
         return loss
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
