@@ -1,1 +1,2 @@
 from datamodules.groceries import GroceriesDataModule
+from datamodules.fuji_apples import FujiApplesDataModule

@@ -1,0 +1,240 @@
+"""FujiApplesDataModule: apple instance segmentation from Fuji-SfM (VIA polygon CSVs) or COCO JSON.
+
+Samples follow torchvision's detection contract (image ``float32[3, H, W]`` in [0, 1]; target
+``boxes`` xyxy, ``labels``, ``masks uint8[N, H, W]``), sized by ``min_size`` / ``max_size``. Besides the
+loaders, the module describes its data (:meth:`describe`, :meth:`check`, :meth:`dataset_files`,
+:meth:`sample_images`) for data cards and ``harvest data check``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from datamodules.detection_transforms import eval_transforms, train_transforms
+from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split
+from datamodules.instance_data import InstanceDataset, Sample, collate_detection
+from datamodules.synthetic_orchard import SyntheticOrchard
+from datamodules.via import AnnotationError
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The data set has problems and ``on_bad_data`` is ``"error"``."""
+
+
+class FujiApplesDataModule(pl.LightningDataModule):
+    """Fuji apple instance segmentation (Fuji-SfM or a COCO export).
+
+    Args:
+        root: Data folder: Fuji-SfM as unpacked (``1-Mask-set/…``) or a COCO export (``annotations.json``).
+        format: ``"via"`` (Fuji-SfM VIA CSVs), ``"coco"``, or ``"auto"`` to detect it.
+        class_names: Class names, index 0 = background (torchvision's convention); VIA regions are class 1.
+        batch_size: Images per batch.
+        num_workers: Data-loading worker processes.
+        min_size: Shorter image side after resizing (the detector does not resize again).
+        max_size: Longest image side allowed after resizing.
+        scale_range: Training scale jitter of the shorter side, relative to ``min_size``.
+        hflip: Training probability of a horizontal flip.
+        color_jitter: Training colour jitter strength (0 for none).
+        val_fraction: Share of training images held out for validation when the layout has no validation split.
+        test_fraction: Share of training images held out for testing when the layout has no test split.
+        seed: Seed of the hold-outs.
+        on_bad_data: ``"error"`` stops at the first bad file, naming it; ``"skip"`` leaves bad images out
+            with one counted warning per split.
+        synthetic: When set and ``root`` does not exist, write this synthetic orchard there first (demos, tests).
+    """
+
+    pipeline = "fuji_apples"
+
+    def __init__(
+        self,
+        root: str | Path = "data/Fuji-SfM",
+        format: Format = "auto",
+        class_names: list[str] | None = None,
+        batch_size: int = 2,
+        num_workers: int = 2,
+        min_size: int = 1024,
+        max_size: int = 1536,
+        scale_range: tuple[float, float] = (0.8, 1.2),
+        hflip: float = 0.5,
+        color_jitter: float = 0.2,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.1,
+        seed: int = 42,
+        on_bad_data: Literal["error", "skip"] = "error",
+        synthetic: SyntheticOrchard | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.format = format
+        self.class_names = list(class_names or ["background", "apple"])
+        if len(self.class_names) < 2 or self.class_names[0] != "background":
+            raise ValueError(
+                f"data.class_names={self.class_names}: index 0 must be 'background' followed by the object "
+                "classes, e.g. ['background', 'apple']."
+            )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.min_size, self.max_size = min_size, max_size
+        self.scale_range, self.hflip, self.color_jitter = tuple(scale_range), hflip, color_jitter
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.on_bad_data = on_bad_data
+        self.synthetic = synthetic
+        self._splits: dict[str, list[Sample]] | None = None
+        self._found_format = format
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ reading
+    def prepare_data(self) -> None:
+        """Write the synthetic orchard when one is configured and ``root`` is missing."""
+        if self.synthetic is not None and not self.root.exists():
+            log.info(
+                "data.root=%s does not exist: writing the configured synthetic orchard there.", self.root
+            )
+            self.synthetic.write(self.root)
+
+    def _read(self) -> tuple[dict[str, list[Sample]], list[str]]:
+        self.prepare_data()
+        sources = find_splits(self.root, self.format)
+        self._found_format = sources["train"].format
+        splits: dict[str, list[Sample]] = {}
+        problems: list[str] = []
+        for split, source in sources.items():
+            splits[split], found = read_split(source, self.class_names)
+            problems += found
+        for split, fraction, salt in (("val", self.val_fraction, 0), ("test", self.test_fraction, 1)):
+            if split not in splits:
+                splits["train"], splits[split] = hold_out(splits["train"], fraction, self.seed + salt)
+        return splits, problems
+
+    def splits(self) -> dict[str, list[Sample]]:
+        """Samples per split (``train``, ``val``, ``test``), read once; applies ``on_bad_data``."""
+        if self._splits is None:
+            splits, problems = self._read()
+            if problems and self.on_bad_data == "error":
+                more = (
+                    f" ({len(problems) - 1} more problem(s): `harvest data check` lists them)"
+                    if len(problems) > 1
+                    else ""
+                )
+                raise DataError(f"{problems[0]}{more}; or set data.on_bad_data=skip to leave bad images out.")
+            if problems:
+                rank_zero_warn(
+                    f"Skipped {len(problems)} bad annotation file(s)/image(s) under {self.root} "
+                    f"(data.on_bad_data=skip); first: {problems[0]}"
+                )
+            if not splits["train"]:
+                raise DataError(f"data.root={self.root}: no usable training images.")
+            self._splits = splits
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        self.datasets = {
+            split: InstanceDataset(samples, self._transforms(split))
+            for split, samples in self.splits().items()
+        }
+
+    def _transforms(self, split: str):  # noqa: ANN202 - a torchvision v2 transform
+        if split == "train":
+            return train_transforms(
+                self.min_size, self.max_size, self.scale_range, self.hflip, self.color_jitter
+            )
+        return eval_transforms(self.min_size, self.max_size)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # ------------------------------------------------------------------ description
+    def describe(self) -> dict[str, Any]:
+        """Counts per split (images, instances per class, negatives) and mask-area statistics, JSON-ready."""
+        splits = self.splits()
+        synthetic = (self.root / "SYNTHETIC.txt").is_file()
+        out: dict[str, Any] = {
+            "name": "synthetic orchard"
+            if synthetic
+            else "Fuji-SfM"
+            if self._found_format == "via"
+            else self.root.name,
+            "root": str(self.root),
+            "format": self._found_format,
+            "class_names": self.class_names,
+            "splits": {},
+            "instances": {},
+            "mask_area": {},
+            "images_without_instances": {},
+        }
+        for split, samples in splits.items():
+            labels = [inst.label for s in samples for inst in s.instances]
+            areas = [a for s in samples for a in s.areas()]
+            out["splits"][split] = {
+                "images": len(samples),
+                "per_class": {name: labels.count(i) for i, name in enumerate(self.class_names) if i > 0},
+            }
+            out["instances"][split] = len(labels)
+            out["mask_area"][split] = (
+                {
+                    "min": min(areas),
+                    "median": statistics.median(areas),
+                    "mean": statistics.fmean(areas),
+                    "max": max(areas),
+                }
+                if areas
+                else {"min": None, "median": None, "mean": None, "max": None}
+            )
+            out["images_without_instances"][split] = sum(1 for s in samples if not s.instances)
+        return out
+
+    def dataset_files(self) -> list[Path]:
+        """Every image and annotation file of the data set, sorted (for a content hash)."""
+        files = {p for samples in self.splits().values() for s in samples for p in (s.image, s.annotation)}
+        return sorted(files)
+
+    def sample_images(self, per_class: int = 4) -> dict[str, list[Path]]:
+        """Up to ``per_class`` images showing each class; ``background`` lists images without instances."""
+        out: dict[str, list[Path]] = {name: [] for name in self.class_names}
+        for split in SPLITS:
+            for sample in self.splits().get(split, []):
+                labels = {inst.label for inst in sample.instances} or {0}
+                for label in labels:
+                    if len(out[self.class_names[label]]) < per_class:
+                        out[self.class_names[label]].append(sample.image)
+        return {name: paths for name, paths in out.items() if paths}
+
+    def check(self) -> list[str]:
+        """Every problem of the data set as one-line messages (file, problem, fix); never raises for bad data."""
+        try:
+            _, problems = self._read()
+        except (FileNotFoundError, AnnotationError) as err:
+            return [str(err)]
+        return problems
