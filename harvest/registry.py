@@ -17,7 +17,6 @@ weight is read, and putting aliases back when a registration or promotion fails 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tempfile
@@ -28,14 +27,24 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from harvest.registry_base import LATEST, ModelRef, RegistryBackend, RegistryError, VersionInfo
-from harvest.registry_package import build_package, load_package, resolve_source, verify_package
+from harvest.registry_package import build_package, load_package, resolve_source, sha256_file, verify_package
 
 __all__ = [
-    "LATEST", "ModelRef", "Registry", "RegistryError", "VersionInfo", "compare_rows", "default_uri", "download_model",
-    "load_model", "lower_is_better", "open_registry", "promote_model", "register_model",
+    "LATEST",
+    "ModelRef",
+    "Registry",
+    "RegistryError",
+    "VersionInfo",
+    "compare_rows",
+    "default_uri",
+    "download_model",
+    "load_model",
+    "lower_is_better",
+    "open_registry",
+    "promote_model",
+    "register_model",
 ]
 
-log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _LOWER_IS_BETTER = re.compile(r"loss|error|seconds|time|rmse|mae", re.IGNORECASE)
 _ALIAS = re.compile(r"[A-Za-z_][\w-]*")
@@ -90,6 +99,7 @@ class Registry:
 
     Args:
         backend: Where versions are stored (:class:`~harvest.registry_mlflow.MlflowBackend`, W&B).
+
     """
 
     def __init__(self, backend: RegistryBackend) -> None:
@@ -101,9 +111,9 @@ class Registry:
         return self.backend.uri
 
     @contextmanager
-    def _service(self, action: str) -> Iterator[None]:
+    def _service(self, action: str, retry: str | None = None) -> Iterator[None]:
         """Run backend calls, turning a service failure into a one-line :class:`RegistryError`."""
-        self.backend.check_available(action)
+        self.backend.check_available(action, retry)
         try:
             yield
         except RegistryError:
@@ -114,7 +124,9 @@ class Registry:
     # ------------------------------------------------------------------ reading
     def _missing_model(self, name: str) -> RegistryError:
         names = self.backend.model_names()
-        return RegistryError(f"no registered model named {name!r} at {self.uri} (models: {', '.join(names) or 'none'}).")
+        return RegistryError(
+            f"no registered model named {name!r} at {self.uri} (models: {', '.join(names) or 'none'})."
+        )
 
     def _with_latest(self, info: VersionInfo, versions: list[VersionInfo]) -> VersionInfo:
         if versions and info.version == versions[-1].version and LATEST not in info.aliases:
@@ -132,12 +144,16 @@ class Registry:
                 found = next((v for v in versions if v.version == ref.version), None)
                 if found is None:
                     known = ", ".join(v.version for v in versions)
-                    raise RegistryError(f"{ref.name} has no version {ref.version} (versions: {known}); nothing was changed.")
+                    raise RegistryError(
+                        f"{ref.name} has no version {ref.version} (versions: {known}); nothing was changed."
+                    )
             elif ref.alias and ref.alias != LATEST:
                 found = self.backend.holder(ref.name, ref.alias)
                 if found is None:
                     held = sorted({a for v in versions for a in v.aliases})
-                    raise RegistryError(f"{ref.name} has no alias {ref.alias!r} (aliases: {', '.join(held) or 'none'}, and latest).")
+                    raise RegistryError(
+                        f"{ref.name} has no alias {ref.alias!r} (aliases: {', '.join(held) or 'none'}, and latest)."
+                    )
             else:
                 found = versions[-1]
             return self._with_latest(found, versions)
@@ -155,14 +171,33 @@ class Registry:
         """The versions named by ``refs`` (see :func:`compare_rows` for the table)."""
         return [self.resolve(ref) for ref in refs]
 
+    @staticmethod
+    def pipeline_of(path_or_run: str | Path) -> str:
+        """The pipeline of the run that :meth:`register` would take its checkpoint from."""
+        return resolve_source(path_or_run).pipeline
+
+    def find_registered(self, path_or_run: str | Path, name: str) -> VersionInfo | None:
+        """The version of ``name`` already registered from the same checkpoint file (same SHA-256), if any."""
+        digest = sha256_file(resolve_source(path_or_run).checkpoint)
+        with self._service(f"looking up {name}"):
+            versions = self.backend.versions(name)
+            same = [v for v in versions if v.record.get("checkpoint_sha256") == digest]
+            return self._with_latest(same[-1], versions) if same else None
+
     # ------------------------------------------------------------------ writing
     def _check_alias(self, alias: str) -> None:
         if alias == LATEST:
-            raise RegistryError("'latest' always names the newest version and cannot be moved; promote to another alias.")
+            raise RegistryError(
+                "'latest' always names the newest version and cannot be moved; promote to another alias."
+            )
         if not _ALIAS.fullmatch(alias) or re.fullmatch(r"v\d+", alias):
-            raise RegistryError(f"alias {alias!r} is not valid: use letters, digits, '_' and '-', e.g. staging or production.")
+            raise RegistryError(
+                f"alias {alias!r} is not valid: use letters, digits, '_' and '-', e.g. staging or production."
+            )
 
-    def _move_aliases(self, target: VersionInfo, aliases: Sequence[str], undo: Callable[[], None] | None = None) -> None:
+    def _move_aliases(
+        self, target: VersionInfo, aliases: Sequence[str], undo: Callable[[], None] | None = None
+    ) -> None:
         """Point each alias at ``target``; on failure put every moved alias back (and run ``undo``), then raise."""
         moved: list[tuple[str, VersionInfo | None]] = []
         for alias in aliases:
@@ -176,7 +211,9 @@ class Registry:
                 if undo is not None:
                     notes.append(self._undo(undo))
                 raise RegistryError(
-                    f"moving alias {alias!r} to {target.label} failed ({_one_line(err)}); " + "; ".join(notes) + "."
+                    f"moving alias {alias!r} to {target.label} failed ({_one_line(err)}); "
+                    + "; ".join(notes)
+                    + "."
                 ) from err
             moved.append((alias, previous))
 
@@ -195,7 +232,11 @@ class Registry:
             else:
                 self.backend.set_alias(name, alias, previous.version)
         except Exception as err:  # report it: the user must fix the alias by hand
-            fix = f"harvest registry promote {name} --version {previous.version} --to-alias {alias}" if previous else "delete it"
+            fix = (
+                f"harvest registry promote {name} --version {previous.version} --to-alias {alias}"
+                if previous
+                else "delete it"
+            )
             return f"{alias} could NOT be put back ({_one_line(err)}): run `{fix}`"
         return f"{alias} was put back on {previous.label if previous else 'nothing'}"
 
@@ -205,7 +246,6 @@ class Registry:
         name: str,
         metrics: dict[str, float] | None = None,
         aliases: Sequence[str] = (LATEST,),
-        skip_existing: bool = False,
     ) -> VersionInfo:
         """Register the best checkpoint of a run (or a checkpoint file) as a new version of ``name``.
 
@@ -214,33 +254,44 @@ class Registry:
             name: Registered model name.
             metrics: Metrics to record besides (or instead of) the run's final metrics.
             aliases: Aliases to point at the new version (``latest`` is implied).
-            skip_existing: Return the existing version when this checkpoint is already registered under ``name``.
 
         Raises:
             RegistryError: Nothing was registered; the message says why and what still holds each alias.
+
         """
         aliases = [a for a in dict.fromkeys(aliases) if a != LATEST]
         for alias in aliases:
             self._check_alias(alias)
-        with self._service(f"registering {name}"):
+        retry = " ".join(
+            [
+                "harvest registry register",
+                str(path_or_run),
+                "--name",
+                name,
+                *(f"--alias {a}" for a in aliases),
+            ]
+            + [f"--metric {k}={v}" for k, v in (metrics or {}).items()]
+            + ["--tracking-uri", self.uri]
+        )
+        with self._service(f"registering {name}", retry):
             source = resolve_source(path_or_run)
             with tempfile.TemporaryDirectory(prefix="harvest-register-") as tmp:
                 package = Path(tmp) / "package"
                 manifest = build_package(source, package, metrics)
-                if skip_existing:
-                    same = [v for v in self.backend.versions(name) if v.record.get("checkpoint_sha256") == manifest["checkpoint_sha256"]]
-                    if same:
-                        log.info("%s is already registered as %s; skipped.", source.checkpoint, same[0].label)
-                        return same[0]
                 created = self.backend.create_version(name, package, manifest)
-            self._move_aliases(created, aliases, undo=lambda: self.backend.delete_version(name, created.version))
+            self._move_aliases(
+                created, aliases, undo=lambda: self.backend.delete_version(name, created.version)
+            )
             return self.resolve(ModelRef(name, created.version))
 
-    def promote(self, name: str, version: str | int, alias: str = "production") -> tuple[VersionInfo | None, VersionInfo]:
+    def promote(
+        self, name: str, version: str | int, alias: str = "production"
+    ) -> tuple[VersionInfo | None, VersionInfo]:
         """Point ``alias`` at ``version``; returns (previous holder or None, new holder)."""
         self._check_alias(alias)
-        target = self.resolve(ModelRef(name, str(version)))
-        with self._service(f"promoting {target.label} to {alias}"):
+        retry = f"harvest registry promote {name} --version {version} --to-alias {alias} --tracking-uri {self.uri}"
+        with self._service(f"promoting {name}:{version} to {alias}", retry):
+            target = self.resolve(ModelRef(name, str(version)))
             previous = self.backend.holder(name, alias)
             self._move_aliases(target, [alias])
             return previous, self.resolve(ModelRef(name, str(version)))
@@ -274,7 +325,10 @@ def register_model(
 
 
 def load_model(
-    name: str, alias: str | None = "production", version: str | int | None = None, tracking_uri: str | None = None,
+    name: str,
+    alias: str | None = "production",
+    version: str | int | None = None,
+    tracking_uri: str | None = None,
     map_location: str = "cpu",
 ) -> pl.LightningModule:
     """A registered model ready to predict: the SSL classifier with its fitted estimators, or the Mask R-CNN detector.
@@ -285,6 +339,7 @@ def load_model(
         version: A version number instead of an alias.
         tracking_uri: Registry URI (default: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
         map_location: Device for the weights.
+
     """
     ref = ModelRef(name, str(version)) if version is not None else ModelRef(name, alias=alias)
     return open_registry(tracking_uri).load(ref, map_location)
@@ -300,4 +355,3 @@ def promote_model(
 ) -> tuple[VersionInfo | None, VersionInfo]:
     """Point ``alias`` at ``version``; returns (previous holder or None, new holder)."""
     return open_registry(tracking_uri).promote(name, version, alias)
-

@@ -16,14 +16,34 @@ from typing import Any
 
 from harvest.registry_package import IntegrityError, RegistryError
 
-__all__ = ["IntegrityError", "ModelRef", "RegistryBackend", "RegistryError", "VersionInfo", "decode_record", "encode_record"]
+__all__ = [
+    "IntegrityError",
+    "ModelRef",
+    "RegistryBackend",
+    "RegistryError",
+    "VersionInfo",
+    "decode_record",
+    "encode_record",
+]
 
 #: The newest version of a model; never stored (MLflow reserves the name, W&B maintains it itself).
 LATEST = "latest"
 #: Manifest keys stored with each version (the manifest's file list travels as ``sha256``).
 RECORD_KEYS = (
-    "class_path", "metrics", "monitor", "mode", "results", "run_name", "pipeline", "run_dir", "checkpoint", "checkpoint_sha256",
-    "git_commit", "dataset_hash", "sha256", "created",
+    "class_path",
+    "metrics",
+    "monitor",
+    "mode",
+    "results",
+    "run_name",
+    "pipeline",
+    "run_dir",
+    "checkpoint",
+    "checkpoint_sha256",
+    "git_commit",
+    "dataset_hash",
+    "sha256",
+    "created",
 )
 TAG_PREFIX = "harvest."
 
@@ -38,6 +58,7 @@ class VersionInfo:
         aliases: Aliases pointing at this version (``latest`` included for the newest).
         record: What was recorded at registration (see :data:`RECORD_KEYS`).
         source: Where the backend keeps the files.
+
     """
 
     name: str
@@ -107,8 +128,8 @@ class RegistryBackend(ABC):
 
     uri: str
 
-    def check_available(self, action: str) -> None:  # noqa: B027 - optional hook, most stores are always reachable
-        """Raise :class:`RegistryError` saying what to do when the service cannot be used for ``action``."""
+    def check_available(self, action: str, retry: str | None = None) -> None:  # noqa: B027 - most stores need no check
+        """Raise :class:`RegistryError` when the service cannot be used for ``action``, naming ``retry`` (a command) as the fix."""
 
     @abstractmethod
     def create_version(self, name: str, package: Path, record: dict[str, Any]) -> VersionInfo:

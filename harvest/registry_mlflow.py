@@ -60,6 +60,7 @@ class MlflowBackend(RegistryBackend):
 
     Args:
         uri: Tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``…); the registry URI is the same.
+
     """
 
     def __init__(self, uri: str) -> None:
@@ -71,7 +72,9 @@ class MlflowBackend(RegistryBackend):
 
     # ------------------------------------------------------------------ reading
     def _info(self, mv: Any) -> VersionInfo:
-        return VersionInfo(mv.name, str(mv.version), list(mv.aliases or []), decode_record(mv.tags or {}), mv.source)
+        return VersionInfo(
+            mv.name, str(mv.version), list(mv.aliases or []), decode_record(mv.tags or {}), mv.source
+        )
 
     def _missing(self, err: Exception) -> bool:
         return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(err).lower()
@@ -131,7 +134,9 @@ class MlflowBackend(RegistryBackend):
         run_name = record.get("run_name") or pipeline
         if experiment is not None:
             found = self.client.search_runs(
-                [experiment.experiment_id], f"attributes.run_name = '{run_name}'", max_results=1,
+                [experiment.experiment_id],
+                f"attributes.run_name = '{run_name}'",
+                max_results=1,
                 order_by=["attributes.start_time DESC"],
             )
             if found:
@@ -140,8 +145,12 @@ class MlflowBackend(RegistryBackend):
         else:
             experiment_id = self.client.create_experiment(pipeline)
         run = self.client.create_run(
-            experiment_id, run_name=run_name,
-            tags={"harvest.run_dir": str(record.get("run_dir")), "mlflow.note.content": "Made by `harvest registry register`."},
+            experiment_id,
+            run_name=run_name,
+            tags={
+                "harvest.run_dir": str(record.get("run_dir")),
+                "mlflow.note.content": "Made by `harvest registry register`.",
+            },
         )
         return experiment_id, run.info.run_id, True
 
@@ -156,8 +165,11 @@ class MlflowBackend(RegistryBackend):
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]))
         with _quiet():
             mlflow.pyfunc.save_model(
-                path=str(dst), python_model=registry_pyfunc.__file__, artifacts={PACKAGE_ARTIFACT: str(package)},
-                pip_requirements=_pinned_requirements(), signature=signature,
+                path=str(dst),
+                python_model=registry_pyfunc.__file__,
+                artifacts={PACKAGE_ARTIFACT: str(package)},
+                pip_requirements=_pinned_requirements(),
+                signature=signature,
             )
 
     def create_version(self, name: str, package: Path, record: dict[str, Any]) -> VersionInfo:
@@ -172,12 +184,17 @@ class MlflowBackend(RegistryBackend):
             except MlflowException as err:
                 if not self._missing(err):
                     raise
-                self.client.create_registered_model(name, description="Registered by Harvest (harvest registry).")
+                self.client.create_registered_model(
+                    name, description="Registered by Harvest (harvest registry)."
+                )
                 made_model = True
             pipeline = record.get("pipeline") or "harvest"
             experiment_id, run_id, made_run = self._source_run(record, pipeline)
             logged = self.client.create_logged_model(
-                experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, model_type="harvest",
+                experiment_id,
+                name=MODEL_ARTIFACT,
+                source_run_id=run_id,
+                model_type="harvest",
                 tags={"harvest.class_path": record.get("class_path", "")},
             )
             with tempfile.TemporaryDirectory() as tmp:
@@ -187,16 +204,25 @@ class MlflowBackend(RegistryBackend):
             self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
             if made_run:
                 now = int(datetime.now(timezone.utc).timestamp() * 1000)
-                metrics = [Metric(k, float(v), now, 0, model_id=logged.model_id) for k, v in (record.get("metrics") or {}).items()]
+                metrics = [
+                    Metric(k, float(v), now, 0, model_id=logged.model_id)
+                    for k, v in (record.get("metrics") or {}).items()
+                ]
                 self.client.log_batch(run_id, metrics=metrics)
                 self.client.set_terminated(run_id, "FINISHED")
             mv = self.client.create_model_version(
-                name, source=logged.artifact_location, run_id=run_id, tags=encode_record(record),
-                description=f"{record.get('class_path')} from run {record.get('run_name')}", model_id=logged.model_id,
+                name,
+                source=logged.artifact_location,
+                run_id=run_id,
+                tags=encode_record(record),
+                description=f"{record.get('class_path')} from run {record.get('run_name')}",
+                model_id=logged.model_id,
             )
         except Exception as err:  # undo what was made here, then say what failed
             self._undo(name, made_model, logged.model_id if logged else None, run_id if made_run else None)
-            raise RegistryError(f"registering {name} in {self.uri} failed, nothing was registered: {err}".splitlines()[0]) from err
+            raise RegistryError(
+                f"registering {name} in {self.uri} failed, nothing was registered: {err}".splitlines()[0]
+            ) from err
         return self._info(mv)
 
     def _undo(self, name: str, made_model: bool, model_id: str | None, run_id: str | None) -> None:
@@ -218,8 +244,12 @@ class MlflowBackend(RegistryBackend):
         import mlflow.artifacts
 
         with _quiet():
-            local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.uri
+            )
         package = Path(local) / "artifacts" / PACKAGE_ARTIFACT
         if not package.is_dir():
-            raise RegistryError(f"{version.label}: its MLflow model at {version.source} holds no Harvest package; re-register it.")
+            raise RegistryError(
+                f"{version.label}: its MLflow model at {version.source} holds no Harvest package; re-register it."
+            )
         return package

@@ -75,7 +75,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError as err:
-        raise RegistryError(f"{path} is not valid JSON ({err}); fix or delete the file and register again.") from err
+        raise RegistryError(
+            f"{path} is not valid JSON ({err}); fix or delete the file and register again."
+        ) from err
 
 
 def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -87,7 +89,9 @@ def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
                     return candidate
     found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise RegistryError(f"{run_dir} holds no checkpoint (checkpoints/*.ckpt): train with a ModelCheckpoint callback first.")
+        raise RegistryError(
+            f"{run_dir} holds no checkpoint (checkpoints/*.ckpt): train with a ModelCheckpoint callback first."
+        )
     return found[-1]
 
 
@@ -96,12 +100,15 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
 
     Raises:
         RegistryError: Nothing registrable there, or the checkpoint does not name its LightningModule.
+
     """
     path = Path(path_or_run)
     if not path.exists() and (Path(DEFAULT_RUNS_DIR) / path).exists():
         path = Path(DEFAULT_RUNS_DIR) / path
     if not path.exists():
-        raise RegistryError(f"{path_or_run}: no such run directory, checkpoint or run under {DEFAULT_RUNS_DIR}/; give a path.")
+        raise RegistryError(
+            f"{path_or_run}: no such run directory, checkpoint or run under {DEFAULT_RUNS_DIR}/; give a path."
+        )
     if path.is_dir():
         run_dir: Path | None = path
         summary = _read_json(path / "training_summary.json")
@@ -136,7 +143,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError… for a bad file
-        raise RegistryError(f"{path} cannot be read as a safe checkpoint (weights_only=True): {err}".splitlines()[0]) from err
+        raise RegistryError(
+            f"{path} cannot be read as a safe checkpoint (weights_only=True): {err}".splitlines()[0]
+        ) from err
 
 
 def git_commit(run_dir: Path | None) -> str | None:
@@ -147,7 +156,9 @@ def git_commit(run_dir: Path | None) -> str | None:
             return str(recorded)
     repo = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -166,6 +177,7 @@ def build_package(source: ModelSource, dst: Path, metrics: dict[str, float] | No
         source: What to register.
         dst: An empty or missing folder.
         metrics: Metrics that override or add to the run's own.
+
     """
     checkpoint = _load_checkpoint(source.checkpoint)
     for key in _TRAINING_STATE:
@@ -207,13 +219,18 @@ def verify_package(package: Path, sha256: dict[str, str], where: str) -> None:
 
     Raises:
         IntegrityError: A file is missing or its digest differs.
+
     """
     if WEIGHTS not in sha256:
-        raise IntegrityError(f"{where}: the registry records no SHA-256 for {WEIGHTS}; re-register the model from its run.")
+        raise IntegrityError(
+            f"{where}: the registry records no SHA-256 for {WEIGHTS}; re-register the model from its run."
+        )
     for relative, expected in sha256.items():
         path = package / relative
         if not path.is_file():
-            raise IntegrityError(f"{where}: {relative} is missing from the registered files; re-register the model from its run.")
+            raise IntegrityError(
+                f"{where}: {relative} is missing from the registered files; re-register the model from its run."
+            )
         actual = sha256_file(path)
         if actual != expected:
             raise IntegrityError(
@@ -233,6 +250,7 @@ def load_package(
             manifest when omitted (an MLflow model loaded without the registry at hand).
         where: How the user names this version, for messages.
         map_location: Device to load the weights onto.
+
     """
     record = record if record is not None else _read_json(package / MANIFEST)
     where = where or str(package)
@@ -241,7 +259,9 @@ def load_package(
     try:
         cls = import_object(class_path)
     except (ImportError, AttributeError, ValueError) as err:
-        raise RegistryError(f"{where}: its class {class_path!r} cannot be imported ({err}); install the code that trained it.") from err
+        raise RegistryError(
+            f"{where}: its class {class_path!r} cannot be imported ({err}); install the code that trained it."
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
         raise RegistryError(f"{where}: {class_path!r} is not a LightningModule; refusing to load it.")
     module = cls.load_from_checkpoint(package / WEIGHTS, map_location=map_location, weights_only=True)

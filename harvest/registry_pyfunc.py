@@ -44,7 +44,9 @@ class HarvestPyfunc(PythonModel):
 
         self.module = load_package(Path(context.artifacts["package"]))
 
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> list[Any]:
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Predictions for a batch of images."""
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.inference_mode():

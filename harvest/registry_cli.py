@@ -1,0 +1,265 @@
+"""``harvest registry``: register, list, compare, promote, load and download models.
+
+Examples::
+
+    harvest registry register runs/groceries_20250101_120000 --name grocery-ssl-classifier --alias staging
+    harvest registry register-all runs
+    harvest registry list
+    harvest registry compare grocery-ssl-classifier:1 grocery-ssl-classifier@staging
+    harvest registry promote grocery-ssl-classifier --version 2 --to-alias production
+    harvest registry load grocery-ssl-classifier@production
+    harvest registry download fuji-maskrcnn@production --dst models/
+
+The registry is MLflow's at ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or
+``sqlite:///mlflow.db``), or the W&B Registry with ``--tracking-uri wandb://ENTITY/PROJECT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from fnmatch import fnmatch
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harvest.registry import Registry, RegistryError, VersionInfo, compare_rows, default_uri, open_registry
+
+BEST = "★"
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--metric {text!r}: write NAME=NUMBER, e.g. --metric test_accuracy=0.87"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``harvest registry`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI or wandb://ENTITY/PROJECT (default: %(default)s → $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="harvest registry",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "register", parents=[common], help="register a run's best checkpoint (or a .ckpt) as a new version"
+    )
+    p.add_argument(
+        "path", metavar="PATH_OR_RUN", help="run directory, checkpoint file or run name under runs/"
+    )
+    p.add_argument("--name", required=True, help="registered model name, e.g. grocery-ssl-classifier")
+    p.add_argument(
+        "--metric",
+        type=_metric,
+        action="append",
+        default=[],
+        help="NAME=VALUE to record besides the run's metrics (repeatable)",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        help="alias to point at the new version, e.g. staging (repeatable; latest is implied)",
+    )
+
+    p = sub.add_parser(
+        "register-all", parents=[common], help="register the best checkpoint of every run under a folder"
+    )
+    p.add_argument("folder", help="folder of run directories, e.g. runs")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="registered model name for all runs (default: each run's pipeline, e.g. groceries)",
+    )
+    p.add_argument("--alias", action="append", default=[], help="alias for each new version (repeatable)")
+
+    sub.add_parser("list", parents=[common], help="every registered model and version with its aliases")
+
+    p = sub.add_parser(
+        "compare", parents=[common], help="metrics of several versions side by side, best marked " + BEST
+    )
+    p.add_argument("refs", nargs="+", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument(
+        "--metrics", nargs="+", default=["*"], help="metric names or glob patterns to show (default: all)"
+    )
+
+    p = sub.add_parser("promote", parents=[common], help="point an alias (production, staging…) at a version")
+    p.add_argument("name")
+    p.add_argument("--version", required=True, help="version to promote")
+    p.add_argument("--to-alias", default="production", help="alias to move (default: %(default)s)")
+
+    p = sub.add_parser(
+        "load",
+        parents=[common],
+        help="download, verify and load a version (a smoke test of what serving gets)",
+    )
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+
+    p = sub.add_parser("download", parents=[common], help="download a version's files (SHA-256 checked)")
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument(
+        "--dst", default="models", help="folder to download into (default: %(default)s/NAME-vVERSION)"
+    )
+    return parser
+
+
+def _aliases(info: VersionInfo) -> str:
+    return ", ".join(info.aliases) or "-"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def listing_table(versions: Sequence[VersionInfo], title: str) -> Table:
+    """The ``list`` table: one row per version."""
+    table = Table(title=title)
+    for column in (
+        "model",
+        "version",
+        "aliases",
+        "monitored metric",
+        "run",
+        "dataset",
+        "commit",
+        "registered",
+    ):
+        table.add_column(column, justify="right" if column == "version" else "left")
+    for info in versions:
+        record = info.record
+        monitor = record.get("monitor")
+        score = f"{monitor} = {_fmt(info.metrics.get(monitor))}" if monitor else "-"
+        table.add_row(
+            info.name,
+            info.version,
+            _aliases(info),
+            score,
+            record.get("run_name") or "-",
+            (record.get("dataset_hash") or "-")[:12],
+            (record.get("git_commit") or "-")[:8],
+            (record.get("created") or "-")[:19],
+        )
+    return table
+
+
+def print_listing(tracking_uri: str | None = None, console: Console | None = None) -> list[VersionInfo]:
+    """Print ``harvest registry list`` (what ``make demo`` shows at its end) and return the versions."""
+    registry = open_registry(tracking_uri)
+    versions = registry.listing()
+    console = console or Console()
+    if versions:
+        console.print(listing_table(versions, f"Model registry ({registry.uri})"))
+    else:
+        console.print(f"No registered models at {registry.uri}.")
+    return versions
+
+
+def compare_table(versions: Sequence[VersionInfo], patterns: Sequence[str] = ("*",)) -> Table:
+    """Metrics side by side (best marked), then where each version came from."""
+    table = Table(title=f"{BEST} best of the row (higher is better, lower for losses, errors and times)")
+    table.add_column("metric")
+    for info in versions:
+        table.add_column(info.label, justify="right")
+    for metric, values, best in compare_rows(versions):
+        if any(fnmatch(metric, p) for p in patterns):
+            table.add_row(
+                metric, *(_fmt(v) + (f" {BEST}" if i == best else "") for i, v in enumerate(values))
+            )
+    table.add_section()
+    for label, key, width in (
+        ("aliases", None, 0),
+        ("run", "run_name", 0),
+        ("dataset", "dataset_hash", 12),
+        ("commit", "git_commit", 8),
+    ):
+        cells = [_aliases(v) if key is None else (v.record.get(key) or "-") for v in versions]
+        table.add_row(label, *(c[:width] if width else c for c in cells))
+    return table
+
+
+def _register_all(
+    registry: Registry, folder: Path, name: str | None, aliases: list[str], console: Console
+) -> int:
+    runs = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and ((p / "training_summary.json").is_file() or (p / "checkpoints").is_dir())
+    )
+    if not runs:
+        raise RegistryError(
+            f"{folder} holds no run directories (with training_summary.json or checkpoints/); nothing was registered."
+        )
+    failures = 0
+    for run in runs:
+        try:
+            model = name or registry.pipeline_of(run).replace("_", "-")
+            existing = registry.find_registered(run, model)
+            if existing is not None:
+                console.print(f"{run}: already registered as {existing.label}, skipped")
+                continue
+            info = registry.register(run, model, aliases=aliases)
+            console.print(f"{run}: registered as {info.label} ({_aliases(info)})")
+        except RegistryError as err:
+            failures += 1
+            console.print(f"{run}: not registered: {err}")
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``harvest registry`` with ``argv`` (default: ``sys.argv[2:]``); exits with status 1 and one line on failure."""
+    args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
+    console = Console(soft_wrap=True)
+    try:
+        if args.command == "list":
+            print_listing(args.tracking_uri, console)
+            return
+        registry = open_registry(args.tracking_uri or default_uri())
+        if args.command == "register":
+            info = registry.register(args.path, args.name, dict(args.metric), args.alias)
+            console.print(
+                f"Registered {info.label} ({_aliases(info)}) from {info.record.get('checkpoint')} in {registry.uri}"
+            )
+        elif args.command == "register-all":
+            if _register_all(registry, Path(args.folder), args.name, args.alias, console):
+                raise SystemExit(1)
+        elif args.command == "compare":
+            console.print(compare_table(registry.compare(args.refs), args.metrics))
+        elif args.command == "promote":
+            previous, current = registry.promote(args.name, args.version, args.to_alias)
+            before = (
+                f"moved from version {previous.version}" if previous else "set (no version held it before)"
+            )
+            console.print(f"{args.name}: {args.to_alias} {before} to version {current.version}")
+        elif args.command == "load":
+            module = registry.load(args.ref)
+            info = registry.resolve(args.ref)
+            params = sum(p.numel() for p in module.parameters())
+            console.print(
+                f"Loaded {args.ref} = {info.label}: {type(module).__name__}, {params:,} parameters, SHA-256 verified"
+            )
+        elif args.command == "download":
+            info = registry.resolve(args.ref)
+            package = registry.download(info.label, Path(args.dst) / f"{info.name}-v{info.version}")
+            console.print(f"Downloaded {args.ref} = {info.label} to {package} (SHA-256 verified)")
+    except RegistryError as err:
+        print(f"harvest registry {args.command}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
