@@ -1,8 +1,25 @@
 """Lightning callbacks: every side effect that depends on a logger, a file or a service."""
 
+from callbacks.checkpoint_artifacts import CheckpointArtifacts
 from callbacks.config_saver import RunConfigSaver
+from callbacks.confusion_matrix import ConfusionMatrix
+from callbacks.dataset_card import DatasetCard
+from callbacks.mlflow_tracking import MLflowTracking
 from callbacks.model_registry_upload import ModelRegistryUpload
 from callbacks.run_report import RunReport
+from callbacks.tensorboard_tracking import TensorBoardTracking
 from callbacks.training_summary import TrainingSummary
+from callbacks.wandb_tracking import WandbTracking
 
-__all__ = ["ModelRegistryUpload", "RunConfigSaver", "RunReport", "TrainingSummary"]
+__all__ = [
+    "CheckpointArtifacts",
+    "ConfusionMatrix",
+    "DatasetCard",
+    "MLflowTracking",
+    "ModelRegistryUpload",
+    "RunConfigSaver",
+    "RunReport",
+    "TensorBoardTracking",
+    "TrainingSummary",
+    "WandbTracking",
+]

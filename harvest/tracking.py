@@ -56,7 +56,11 @@ def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
 
 
 def _segment(item: Any, index: int, taken: set[str]) -> str:
-    name = str(item["class_path"]).rsplit(".", 1)[-1] if isinstance(item, dict) and "class_path" in item else str(index)
+    name = (
+        str(item["class_path"]).rsplit(".", 1)[-1]
+        if isinstance(item, dict) and "class_path" in item
+        else str(index)
+    )
     return name if name not in taken else f"{name}_{index}"
 
 
@@ -64,7 +68,8 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Scalar]:
     """A nested config as ``{"model.init_args.lr": 0.001, ...}`` with plain scalar values.
 
     Lists of ``class_path`` dicts (callbacks, loggers) are keyed by class name, so adding a
-    callback does not renumber the others; other lists become JSON strings; ``None`` becomes ``"None"``.
+    callback does not renumber the others; other lists become JSON strings; ``None`` values (unset
+    options) are left out.
     """
     flat: dict[str, Scalar] = {}
     for key, value in config.items():
@@ -79,25 +84,31 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Scalar]:
                 flat.update(flatten(item, f"{name}.{segment}."))
         elif isinstance(value, (bool, int, float, str)):
             flat[name] = value
-        elif value is None:
-            flat[name] = "None"
-        else:
+        elif value is not None:
             flat[name] = json.dumps(value, default=str)
     return flat
 
 
-def git_info(start: Path | None = None) -> dict[str, str]:
-    """``{"commit": sha, "dirty": "true"|"false"}`` of the checkout holding Harvest's code (else the cwd); ``{}`` without git."""
-    for folder in (start, Path(harvest.__file__).resolve().parent.parent, Path.cwd()):
-        if folder is None:
-            continue
+def git_info() -> dict[str, str]:
+    """``{"commit": sha, "dirty": "true"|"false"}`` of the checkout of Harvest's code, else of the cwd.
+
+    Empty without git or outside a checkout.
+    """
+    for folder in (Path(harvest.__file__).resolve().parent.parent, Path.cwd()):
         try:
             commit = subprocess.run(
-                ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+                ["git", "-C", str(folder), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout.strip()
             status = subprocess.run(
                 ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             continue
@@ -106,7 +117,7 @@ def git_info(start: Path | None = None) -> dict[str, str]:
 
 
 def wandb_api_key_available() -> bool:
-    """Whether W&B finds credentials: ``WANDB_API_KEY``, an identity token file, or a netrc entry for its host."""
+    """Whether W&B finds credentials: ``WANDB_API_KEY``, an identity token file, or a netrc entry."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname

@@ -1,0 +1,219 @@
+"""MLflow: the resolved config as params, pipeline and git tags, the run's files as artifacts.
+
+A tracking server that dies mid-run does not stop training (see :class:`MLflowTracking`).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+import harvest
+from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, run_dir
+
+log = logging.getLogger(__name__)
+
+
+def tracker_errors() -> tuple[type[BaseException], ...]:
+    """Errors of an MLflow call against a store that cannot be reached or written (MLflow imported lazily)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    return (MlflowException, RequestException, OSError)
+
+
+def tracking_uri(logger: MLFlowLogger) -> str:
+    """The logger's tracking URI, read without contacting the store."""
+    return str(getattr(logger, "_tracking_uri", "") or "")
+
+
+def server_problem(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at ``uri`` cannot be reached; ``None`` if it answers or is not a server."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered; routing of /health is the server's business
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+class MLflowTracking(Callback):
+    """Complete what ``MLFlowLogger`` sends; a no-op without one.
+
+    When a stage starts: the flattened resolved config (``<run dir>/config.yaml``) as params (values
+    cut at MLflow's length limit) and the tags ``pipeline``, ``git_commit``, ``git_dirty``,
+    ``mlflow.source.git.commit``, ``run_dir`` and ``harvest_version``; ``config.yaml`` as an artifact.
+    At the end of every stage: the ``artifacts`` (files again; folders only for files not there yet,
+    e.g. the plots other callbacks already sent). Metrics stay with the logger; configure it with
+    ``synchronous: false`` so the training loop never waits on the server.
+
+    A server that stops answering mid-run (checked at every epoch end and before uploads) does not
+    stop training: the logger is detached with one warning and the run finishes locally (checkpoints,
+    ``training_summary.json``, TensorBoard). A server unreachable at start stops the run before any
+    training, with one line saying how to fix it.
+
+    Args:
+        log_params: Send the resolved config as params.
+        artifacts: Files and folders of the run directory to upload at the end of each stage.
+        health_timeout: Seconds to wait for the server's ``/health`` answer.
+
+    """
+
+    def __init__(
+        self,
+        log_params: bool = True,
+        artifacts: Sequence[str] = ("config.yaml", "training_summary.json", "plots"),
+        health_timeout: float = 5.0,
+    ) -> None:
+        self.log_params = log_params
+        self.artifacts = list(artifacts)
+        self.health_timeout = health_timeout
+        self._started: set[str] = set()
+
+    # ------------------------------------------------------------------ start
+    @rank_zero_only
+    def _start(self, trainer: pl.Trainer) -> None:
+        for logger in loggers_of(trainer, MLFlowLogger):
+            if logger.run_id in self._started:
+                continue
+            self._started.add(logger.run_id)
+            self._guard(trainer, logger, "start", lambda lg=logger: self._send_start(trainer, lg))
+
+    def _send_start(self, trainer: pl.Trainer, logger: MLFlowLogger) -> None:
+        from mlflow.entities import Param, RunTag
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+        git = git_info()
+        tags = {
+            "pipeline": pipeline(trainer),
+            "git_commit": git.get("commit"),
+            "git_dirty": git.get("dirty"),
+            "mlflow.source.git.commit": git.get("commit"),
+            "run_dir": str(run_dir(trainer).resolve()),
+            "harvest_version": harvest.__version__,
+        }
+        client = logger.experiment
+        client.log_batch(
+            logger.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v], synchronous=False
+        )
+        config = run_config(trainer)
+        if self.log_params and config:
+            params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(config).items()]
+            for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+                client.log_batch(
+                    logger.run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=False
+                )
+        if "config.yaml" in self.artifacts and (run_dir(trainer) / "config.yaml").is_file():
+            client.log_artifact(logger.run_id, str(run_dir(trainer) / "config.yaml"))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._start(trainer)
+
+    # ------------------------------------------------------------------ during and after
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in loggers_of(trainer, MLFlowLogger):
+            problem = server_problem(tracking_uri(logger), self.health_timeout)
+            if problem:
+                self._detach(trainer, logger, f"after epoch {trainer.current_epoch}", problem)
+
+    @rank_zero_only
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in loggers_of(trainer, MLFlowLogger):
+            problem = server_problem(tracking_uri(logger), self.health_timeout)
+            if problem:
+                self._detach(trainer, logger, f"at the end of {stage}", problem)
+            else:
+                self._guard(
+                    trainer, logger, f"the end of {stage}", lambda lg=logger: self._upload(trainer, lg)
+                )
+
+    @rank_zero_only
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        for logger in loggers_of(trainer, MLFlowLogger):
+            if logger._run_id is None and isinstance(exception, tracker_errors()):
+                uri = tracking_uri(logger)
+                log.error(
+                    "MLflow tracking store %s cannot be reached (%s): the run stopped before training, "
+                    "nothing is lost. Start the server (mlflow server --host 127.0.0.1 --port <port>), set "
+                    "trainer.logger's tracking_uri to a reachable one, or leave MLflow out "
+                    "(--config configs/loggers/tensorboard.yaml).",
+                    uri,
+                    _first_line(exception),
+                )
+            elif logger._run_id is not None and not server_problem(tracking_uri(logger), self.health_timeout):
+                self._guard(
+                    trainer, logger, "the failed run's end", lambda lg=logger: self._upload(trainer, lg)
+                )
+
+    def _upload(self, trainer: pl.Trainer, logger: MLFlowLogger) -> None:
+        client, folder = logger.experiment, run_dir(trainer)
+        for name in self.artifacts:
+            path = folder / name
+            if path.is_file():
+                client.log_artifact(logger.run_id, str(path))
+            elif path.is_dir():
+                present = _remote_files(client, logger.run_id, name)
+                for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                    relative = file.relative_to(folder).as_posix()
+                    if relative not in present:
+                        client.log_artifact(logger.run_id, str(file), Path(relative).parent.as_posix())
+
+    # ------------------------------------------------------------------ failure handling
+    def _guard(self, trainer: pl.Trainer, logger: MLFlowLogger, when: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except tracker_errors() as error:
+            self._detach(trainer, logger, f"at {when}", _first_line(error))
+
+    @staticmethod
+    def _detach(trainer: pl.Trainer, logger: MLFlowLogger, when: str, problem: str) -> None:
+        trainer.loggers = [lg for lg in trainer.loggers if lg is not logger]
+        log.warning(
+            "MLflow tracking store %s failed %s (%s): training goes on without MLflow; checkpoints, "
+            "training_summary.json and the other loggers are complete in %s; MLflow run %s keeps what it "
+            "got before.",
+            tracking_uri(logger),
+            when,
+            problem,
+            run_dir(trainer),
+            logger._run_id,
+        )
+
+
+def _remote_files(client: object, run_id: str, folder: str) -> set[str]:
+    """Paths of the files already uploaded under ``folder`` of the run's artifacts (recursively)."""
+    found: set[str] = set()
+    pending = [folder]
+    while pending:
+        for info in client.list_artifacts(run_id, pending.pop()):  # type: ignore[attr-defined]
+            if info.is_dir:
+                pending.append(info.path)
+            else:
+                found.add(info.path)
+    return found
+
+
+def _first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

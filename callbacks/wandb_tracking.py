@@ -1,0 +1,96 @@
+"""Weights & Biases: the full resolved config as the run config, offline said in one line, one run per job."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from harvest.tracking import git_info, loggers_of, pipeline, run_config, run_dir, wandb_api_key_available
+
+log = logging.getLogger(__name__)
+
+
+def is_offline(run: object) -> bool:
+    """Whether a W&B run writes to disk only (offline mode)."""
+    settings = getattr(run, "settings", None)
+    return getattr(settings, "mode", None) in ("offline", "dryrun")
+
+
+def offline_dir(run: object) -> Path:
+    """The offline run's folder, the argument of ``wandb sync``."""
+    return Path(run.dir).parent  # type: ignore[attr-defined]
+
+
+def _offline_reason(logger: WandbLogger) -> str:
+    if not logger._offline:
+        return f"WANDB_MODE={os.environ.get('WANDB_MODE')}"
+    if not wandb_api_key_available():
+        return "no API key: set WANDB_API_KEY or run `wandb login`"
+    return "offline: true in the logger's config"
+
+
+class WandbTracking(Callback):
+    """Complete what ``WandbLogger`` sends; a no-op without one.
+
+    W&B's run is created on rank zero only (Lightning's ``WandbLogger`` does that), so a DDP job is
+    one run; this callback acts on rank zero too. It adds the full resolved CLI config
+    (``<run dir>/config.yaml``, nested as in the file) to the run config, with a ``harvest`` section
+    (pipeline, git commit, run directory). When the run is offline (the CLI chooses offline when no
+    API key is set, see ``harvest.run_setup``), one line says so and gives the ``wandb sync`` command.
+    Project, entity and tags come from the logger's config or the usual ``WANDB_PROJECT``,
+    ``WANDB_ENTITY`` and ``WANDB_TAGS`` variables.
+
+    Args:
+        finish: Finish the W&B run when the stage ends, so a second run in the same process (sweeps,
+            notebooks, tests) starts its own. Set ``false`` to keep logging into it after ``fit``.
+
+    """
+
+    def __init__(self, finish: bool = True) -> None:
+        self.finish = finish
+        self._announced: set[str] = set()
+
+    @rank_zero_only
+    def _start(self, trainer: pl.Trainer) -> None:
+        config = run_config(trainer) or {}
+        git = git_info()
+        for logger in loggers_of(trainer, WandbLogger):
+            run = logger.experiment
+            if run.id in self._announced:
+                continue
+            self._announced.add(run.id)
+            extra = {"pipeline": pipeline(trainer), "run_dir": str(run_dir(trainer).resolve()), **git}
+            run.config.update({**config, "harvest": extra}, allow_val_change=True)
+            if is_offline(run):
+                log.warning(
+                    "W&B is offline (%s): upload this run later with `wandb sync %s`",
+                    _offline_reason(logger),
+                    offline_dir(run),
+                )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._start(trainer)
+
+    @rank_zero_only
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.finish:
+            return
+        for logger in loggers_of(trainer, WandbLogger):
+            if logger._experiment is not None:
+                logger.finalize(
+                    "success"
+                )  # Lightning's own checkpoint upload (log_model) before the run closes
+                logger.experiment.finish()
