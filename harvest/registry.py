@@ -129,8 +129,8 @@ class Registry:
         )
 
     def _with_latest(self, info: VersionInfo, versions: list[VersionInfo]) -> VersionInfo:
-        if versions and info.version == versions[-1].version and LATEST not in info.aliases:
-            info.aliases.append(LATEST)
+        newest = bool(versions) and info.version == versions[-1].version
+        info.aliases = [LATEST] * newest + sorted(a for a in info.aliases if a != LATEST)
         return info
 
     def resolve(self, ref: str | ModelRef) -> VersionInfo:
@@ -297,20 +297,32 @@ class Registry:
             return previous, self.resolve(ModelRef(name, str(version)))
 
     # ------------------------------------------------------------------ files
-    def download(self, ref: str | ModelRef, dst: str | Path) -> Path:
-        """Download a version's package under ``dst``, checked against its recorded SHA-256; returns the package folder."""
-        info = self.resolve(ref)
+    def _fetch(self, info: VersionInfo, dst: Path, where: str) -> Path:
         with self._service(f"downloading {info.label}"):
-            package = self.backend.download(info, Path(dst))
-        verify_package(package, info.record.get("sha256") or {}, f"{ref} ({info.label})")
+            package = self.backend.download(info, dst)
+        verify_package(package, info.record.get("sha256") or {}, where)
         return package
 
-    def load(self, ref: str | ModelRef, map_location: str = "cpu") -> pl.LightningModule:
-        """The version's LightningModule, ready to predict: SHA-256 checked, weights loaded with ``weights_only=True``."""
+    def download(self, ref: str | ModelRef, dst: str | Path) -> Path:
+        """Download a version's package under ``dst``, checked against its recorded SHA-256.
+
+        Returns:
+            The package folder (inside the MLflow model folder for the MLflow backend).
+        """
         info = self.resolve(ref)
+        return self._fetch(info, Path(dst), f"{ref} ({info.label})")
+
+    def load(self, ref: str | ModelRef, map_location: str = "cpu") -> pl.LightningModule:
+        """Load a version's LightningModule, ready to predict.
+
+        Every file is checked against the SHA-256 recorded at registration before the weights are
+        read with ``torch.load(weights_only=True)``.
+        """
+        info = self.resolve(ref)
+        where = f"{ref} ({info.label})"
         with tempfile.TemporaryDirectory(prefix="harvest-load-") as tmp:
-            package = self.download(ModelRef(info.name, info.version), tmp)
-            return load_package(package, info.record, f"{ref} ({info.label})", map_location)
+            package = self._fetch(info, Path(tmp), where)
+            return load_package(package, info.record, where, map_location)
 
 
 def register_model(

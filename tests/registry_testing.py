@@ -1,0 +1,59 @@
+"""Fixtures shared by the registry tests: trained toy runs and an MLflow SQLite store per test.
+
+A fresh MLflow SQLite store costs seconds of schema migrations, so one migrated store is made
+per session and copied for each test (an absolute URI per test: MLflow caches stores by URI).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harvest.cli import cli_main
+from harvest.run_setup import RUN_NAME_ENV
+
+TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData", "--seed_everything", "0"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.logger", "false"]
+CHECKPOINT = [
+    "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",
+    "--trainer.callbacks.save_last", "true", "--trainer.callbacks+", "TrainingSummary",
+]
+
+
+def train_toy(root: Path, run_name: str, *extra: str) -> Path:
+    """Fit the toy model into ``root/runs/<run_name>`` and return the run directory."""
+    run_dir = root / "runs" / run_name
+    cli_main(["fit", *TOY, *QUIET, *CHECKPOINT, "--run_name", run_name, "--trainer.default_root_dir", str(run_dir), *extra])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two finished toy runs: a short one and a longer (better) one."""
+    root = tmp_path_factory.mktemp("toy_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(RUN_NAME_ENV, raising=False)
+        short = train_toy(root, "toy_20250101_000001", "--trainer.max_epochs", "1", "--model.lr", "0.01")
+        longer = train_toy(root, "toy_20250101_000002", "--trainer.max_epochs", "3")
+    return short, longer
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database with its schema already created."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_store: Path) -> str:
+    """A fresh MLflow SQLite store in ``tmp_path`` (the working directory, so ``mlruns/`` lands there too)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(migrated_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
