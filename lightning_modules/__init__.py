@@ -1,1 +1,2 @@
 from lightning_modules.ssl_classifier import SemiSupervisedClassifier
+from lightning_modules.mask_rcnn import MaskRCNNModule
