@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,13 +24,13 @@ from jsonargparse.typing import import_object  # type: ignore[attr-defined]
 
 from callbacks.training_summary import scalar_metrics, write_json_atomic
 from harvest.run_setup import DEFAULT_RUNS_DIR
+from harvest.tracking import git_info
 
 MANIFEST = "harvest_model.json"
 WEIGHTS = "weights/model.ckpt"
 RUN_FILES = ("config.yaml", "training_summary.json", "dataset_card.json")
 #: Checkpoint entries only needed to resume training; a registered model does not carry them.
 _TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
-_HASH_KEYS = ("content_hash", "hash", "sha256", "dataset_hash")
 
 
 class RegistryError(Exception):
@@ -149,25 +148,19 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def git_commit(run_dir: Path | None) -> str | None:
-    """The git commit that trained the run (as recorded by the run), else the code's current commit."""
+    """Return the commit that trained the run when the run recorded it, else the code's commit (``-dirty`` if changed)."""
     for name in ("training_summary.json", "dataset_card.json"):
         recorded = _read_json(run_dir / name).get("git_commit") if run_dir else None
         if recorded:
             return str(recorded)
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    info = git_info()
+    return info["commit"] + ("-dirty" if info["dirty"] == "true" else "") if info else None
 
 
 def dataset_hash(run_dir: Path | None) -> str | None:
-    """The content hash of the run's data set, from ``dataset_card.json`` (None when the run has no card)."""
+    """Return the content hash of the run's data set from its ``dataset_card.json`` (None without a card)."""
     card = _read_json(run_dir / "dataset_card.json") if run_dir else {}
-    return next((str(card[k]) for k in _HASH_KEYS if card.get(k)), None)
+    return card.get("content_hash")
 
 
 def build_package(source: ModelSource, dst: Path, metrics: dict[str, float] | None = None) -> dict[str, Any]:

@@ -7,8 +7,10 @@ LightningModule with ``torch.load(weights_only=True)``. So ``mlflow.pyfunc.load_
 installed.
 
 Input: a float32 array ``[N, 3, H, W]``, images as the pipeline's data module feeds them to the
-model. Output: one dict per image from the module's ``predict_step`` (class, confidence and
-probabilities for the grocery classifier; boxes, labels, scores and masks for Mask R-CNN), as lists.
+model (resized and normalised by its evaluation transform). They reach the module's own
+``predict_step`` as the batch ``(images, None, names)`` that the predict loaders yield (names are
+``input[i]``). Output: one dict per image (class name, index, confidence and probabilities for the
+grocery classifier; boxes, labels, scores and masks for Mask R-CNN), tensors as lists.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class HarvestPyfunc(PythonModel):
     ) -> list[Any]:
         """Predictions for a batch of images."""
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        names = [f"input[{i}]" for i in range(len(images))]
         with torch.inference_mode():
-            return _plain(self.module.predict_step(images, 0))
+            return _plain(self.module.predict_step((images, None, names), 0))
 
 
 mlflow.models.set_model(HarvestPyfunc())

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from harvest.imports import require
 from harvest.registry_base import LATEST, RECORD_KEYS, RegistryBackend, RegistryError, VersionInfo
+from harvest.tracking import wandb_api_key_available
 
 REGISTRY = "model"
 DEFAULT_PROJECT = "harvest-registry"
@@ -51,13 +52,18 @@ class WandbBackend(RegistryBackend):
         mode = os.environ.get("WANDB_MODE", "").strip().lower()
         if mode in _OFFLINE_MODES:
             return f"WANDB_MODE={mode}"
-        import wandb
-
-        try:
-            self._api = self._api or wandb.Api(timeout=30)
-        except wandb.errors.UsageError:
+        if not wandb_api_key_available():
             return "no W&B API key is configured"
         return None
+
+    @property
+    def api(self) -> Any:
+        """The W&B public API client (made on first use)."""
+        if self._api is None:
+            import wandb
+
+            self._api = wandb.Api(timeout=30)
+        return self._api
 
     def check_available(self, action: str, retry: str | None = None) -> None:
         reason = self.offline_reason()
@@ -82,20 +88,20 @@ class WandbBackend(RegistryBackend):
         import wandb
 
         try:
-            return self._api.artifact(f"{self._target(name)}:{selector}", type="model")
+            return self.api.artifact(f"{self._target(name)}:{selector}", type="model")
         except (wandb.errors.CommError, ValueError):
             return None
 
     # ------------------------------------------------------------------ reading
     def model_names(self) -> list[str]:
-        registries = self._api.registries(filter={"name": REGISTRY})
+        registries = self.api.registries(filter={"name": REGISTRY})
         return sorted(collection.name for collection in registries.collections())
 
     def versions(self, name: str) -> list[VersionInfo]:
         import wandb
 
         try:
-            found = list(self._api.artifacts("model", self._target(name)))
+            found = list(self.api.artifacts("model", self._target(name)))
         except (wandb.errors.CommError, ValueError):
             return []
         return sorted((self._info(name, a) for a in found), key=lambda v: int(v.version))

@@ -57,3 +57,12 @@ def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_store: 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     shutil.copy(migrated_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def use_mlflow_uri(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    """Make ``uri`` MLflow's default tracking and registry URI for one test (``models:/`` URIs resolve there)."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", uri)

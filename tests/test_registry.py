@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
-from registry_testing import migrated_store, sqlite_uri, toy_runs  # noqa: F401 - fixtures
+from registry_testing import migrated_store, sqlite_uri, toy_runs, use_mlflow_uri  # noqa: F401 - fixtures
 from toy_lightning import ToyModel
 
 from harvest.registry import LATEST, ModelRef, RegistryError, compare_rows, load_model, open_registry, register_model
@@ -50,7 +50,7 @@ def test_a_version_records_run_metrics_config_commit_and_hashes(sqlite_uri: str,
     assert Path(record["checkpoint"]).samefile(summary["best_checkpoint"])
     assert record["metrics"]["val/loss"] == pytest.approx(summary["final_metrics"]["val/loss"])
     assert record["metrics"]["holdout/accuracy"] == 0.75 and record["monitor"] == "val/loss" and record["mode"] == "min"
-    assert re.fullmatch(r"[0-9a-f]{40}", record["git_commit"])
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", record["git_commit"])
     assert set(record["sha256"]) == {WEIGHTS, "config.yaml", "training_summary.json"}
 
     # what MLflow itself holds: a version with tags, linked to a run, alias set, a pyfunc model
@@ -70,7 +70,7 @@ def test_a_version_records_run_metrics_config_commit_and_hashes(sqlite_uri: str,
     assert not loaded.training and torch.equal(loaded.net(x), original.net(x))
 
 
-def test_tampered_weights_are_refused(sqlite_uri: str, toy_runs: tuple[Path, Path]) -> None:
+def test_tampered_weights_are_refused(sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow.pyfunc
 
     register_model(toy_runs[1], "toy", aliases=["production"], tracking_uri=sqlite_uri)
@@ -80,7 +80,7 @@ def test_tampered_weights_are_refused(sqlite_uri: str, toy_runs: tuple[Path, Pat
     with pytest.raises(IntegrityError, match=r"weights/model\.ckpt has SHA-256 .* refusing to load") as err:
         load_model("toy", tracking_uri=sqlite_uri)
     assert "toy@production" in str(err.value) and len(str(err.value).splitlines()) == 1
-    mlflow.set_registry_uri(sqlite_uri)
+    use_mlflow_uri(monkeypatch, sqlite_uri)
     with pytest.raises(IntegrityError):  # the MLflow model checks its own manifest too
         mlflow.pyfunc.load_model("models:/toy@production")
 

@@ -1,0 +1,89 @@
+"""The registry lifecycle with the real pipelines, on the SQLite store and on a real ``mlflow server``.
+
+The grocery run is the shared session fixture (the demo recipe, whose ``ModelRegistryUpload``
+registers it into the run's own MLflow store at the end of ``fit``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pytest
+import torch
+from conftest import GroceryRun
+from mlflow import MlflowClient
+from mlflow_server import MlflowServer, mlflow_server  # noqa: F401 - fixture
+from registry_testing import migrated_store, sqlite_uri, use_mlflow_uri  # noqa: F401 - fixtures
+
+from harvest.registry import compare_rows, load_model, open_registry
+from lightning_modules import SemiSupervisedClassifier
+
+
+def _test_images(run: GroceryRun) -> torch.Tensor:
+    images, _, _ = next(iter(run.cli.datamodule.test_dataloader()))
+    return images
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry_uri(request: pytest.FixtureRequest, sqlite_uri: str) -> str:  # noqa: F811
+    """The registry under test: a fresh SQLite store, or the session's ``mlflow server`` on 127.0.0.1."""
+    if request.param == "sqlite":
+        return sqlite_uri
+    server: MlflowServer = request.getfixturevalue("mlflow_server")
+    return server.uri
+
+
+def test_the_demo_recipe_registers_its_model_at_the_end_of_fit(grocery_run: GroceryRun) -> None:
+    client = MlflowClient(f"sqlite:///{grocery_run.workdir / 'mlflow.db'}")
+    (version,) = client.search_model_versions("name = 'grocery-ssl-classifier'")
+    assert client.get_run(version.run_id).info.run_name == grocery_run.run_dir.name  # linked to the training run
+    assert str(client.get_model_version_by_alias("grocery-ssl-classifier", "staging").version) == str(version.version)
+    tags = version.tags
+    assert tags["harvest.class_path"] == "lightning_modules.SemiSupervisedClassifier"
+    assert '"summary/best_test_accuracy"' in tags["harvest.metrics"] and len(tags["harvest.dataset_hash"]) == 64
+
+
+def test_grocery_lifecycle_register_compare_promote_load_predict(
+    registry_uri: str, grocery_run: GroceryRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"grocery-ssl-{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    registry = open_registry(registry_uri)
+    first = registry.register(grocery_run.run_dir, name, aliases=["staging"])
+    second = registry.register(grocery_run.best_checkpoint, name, metrics={"holdout/accuracy": 0.5})
+    assert (first.version, second.version) == ("1", "2") and second.aliases == ["latest"]
+
+    versions = registry.compare([f"{name}@staging", f"{name}:2"])
+    rows = {metric: (values, best) for metric, values, best in compare_rows(versions)}
+    assert rows["summary/best_test_accuracy"] == ([first.metrics["summary/best_test_accuracy"]] * 2, None)  # a tie
+    assert rows["holdout/accuracy"] == ([None, 0.5], None)
+
+    assert registry.promote(name, 1, "production")[0] is None
+    previous, current = registry.promote(name, 2, "production")
+    assert previous.version == "1" and current.version == "2" and "production" in current.aliases
+
+    loaded = load_model(name, alias="production", tracking_uri=registry_uri)
+    assert isinstance(loaded, SemiSupervisedClassifier) and set(loaded.estimators) == set(grocery_run.cli.model.estimators)
+    images = _test_images(grocery_run)
+    in_memory = grocery_run.cli.model.eval()
+    assert loaded.classify(images) == in_memory.classify(images)
+
+    use_mlflow_uri(monkeypatch, registry_uri)  # the same version through MLflow's own loader, as `mlflow models serve` does
+    served = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(images.numpy().astype(np.float32))
+    expected = in_memory.classify(images, [f"input[{i}]" for i in range(len(images))])
+    assert [r["class_name"] for r in served] == [r["class_name"] for r in expected]
+    assert np.allclose([r["confidence"] for r in served], [r["confidence"] for r in expected])
+
+
+def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path) -> None:  # noqa: F811
+    from harvest.registry_cli import main
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / grocery_run.run_dir.name).symlink_to(grocery_run.run_dir)
+    main(["register-all", str(folder), "--tracking-uri", sqlite_uri])
+    main(["register-all", str(folder), "--tracking-uri", sqlite_uri])
+    (version,) = open_registry(sqlite_uri).listing()
+    assert version.name == "groceries-ssl" and version.record["run_name"] == grocery_run.run_dir.name
