@@ -4,6 +4,7 @@ from callbacks.checkpoint_artifacts import CheckpointArtifacts
 from callbacks.config_saver import RunConfigSaver
 from callbacks.confusion_matrix import ConfusionMatrix
 from callbacks.dataset_card import DatasetCard
+from callbacks.lr_monitor import LearningRateLogger
 from callbacks.mlflow_tracking import MLflowTracking
 from callbacks.model_registry_upload import ModelRegistryUpload
 from callbacks.run_report import RunReport
@@ -15,6 +16,7 @@ __all__ = [
     "CheckpointArtifacts",
     "ConfusionMatrix",
     "DatasetCard",
+    "LearningRateLogger",
     "MLflowTracking",
     "ModelRegistryUpload",
     "RunConfigSaver",
