@@ -63,6 +63,15 @@ class HarvestCLI(LightningCLI):
         self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
         resolve_precision(config.trainer)
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            # jsonargparse wraps a component's own error (a missing data folder…) in a Union-subtypes message
+            if error.__cause__ is not None and "Does not validate against any of the Union subtypes" in str(error):
+                raise error.__cause__ from None
+            raise
+
 
 def configure_logging() -> None:
     """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr."""
