@@ -31,7 +31,7 @@ def _passes(score: float, reference: float, mode: str, strict: bool) -> bool:
 
 
 class ModelRegistryUpload(Callback):
-    """At the end of ``fit`` (global rank zero), register the best checkpoint under ``name`` with alias ``latest``.
+    """At the end of ``fit`` (global rank zero), register the best checkpoint as a new version of ``name``.
 
     Runs once everything else of ``fit`` is done (in ``teardown``), so the checkpoint holds what
     the module adds at the end of training (the grocery classifier's fitted SSL estimators). A
@@ -50,6 +50,7 @@ class ModelRegistryUpload(Callback):
         promote_to_staging: Point ``staging`` at the new version when it beats the current ``staging``
             version on ``monitor`` (or when there is none).
         aliases: More aliases to point at every new version.
+
     """
 
     def __init__(
@@ -111,30 +112,53 @@ class ModelRegistryUpload(Callback):
         run_dir = Path(trainer.default_root_dir)
         later = f"register it later with `harvest registry register {run_dir} --name {self.name}`"
         if not path or not Path(path).is_file():
-            log.warning("ModelRegistryUpload: the run wrote no checkpoint, nothing to register (add a ModelCheckpoint).")
+            log.warning(
+                "ModelRegistryUpload: the run wrote no checkpoint to register (add a ModelCheckpoint)."
+            )
             return
-        metrics = {k: v for k, v in scalar_metrics({**trainer.logged_metrics, **trainer.callback_metrics}).items() if v is not None}
+        metrics = {
+            k: v
+            for k, v in scalar_metrics({**trainer.logged_metrics, **trainer.callback_metrics}).items()
+            if v is not None
+        }
         monitor, mode, score = self._score(trainer, metrics)
         if monitor and score is not None:
-            metrics[monitor] = score  # the registered checkpoint is the best one: record its score, not the last epoch's
+            metrics[monitor] = (
+                score  # the registered checkpoint is the best one: record its score, not the last epoch's
+            )
         if self.threshold is not None:
             if score is None:
-                log.warning("Not registered: %s was not logged, so threshold %s cannot be checked; %s.", monitor, self.threshold, later)
+                log.warning(
+                    "Not registered: %s was not logged, so threshold %s cannot be checked; %s.",
+                    monitor,
+                    self.threshold,
+                    later,
+                )
                 return
             if not _passes(score, self.threshold, mode, strict=False):
-                log.info("Not registered: %s = %.4f does not pass the threshold %s (mode %s).", monitor, score, self.threshold, mode)
+                log.info(
+                    "Not registered: %s = %.4f does not pass the threshold %s (mode %s).",
+                    monitor,
+                    score,
+                    self.threshold,
+                    mode,
+                )
                 return
         try:
             registry = open_registry(self._uri(trainer))
             info = registry.register(path, self.name, metrics, aliases=self.aliases)
-            log.info("Registered %s (%s) in %s from %s.", info.label, ", ".join(info.aliases), registry.uri, path)
+            log.info(
+                "Registered %s (%s) in %s from %s.", info.label, ", ".join(info.aliases), registry.uri, path
+            )
             self.registered = info
             if self.promote_to_staging:
                 self._maybe_stage(registry, info, monitor, mode, score)
         except RegistryError as err:
             log.warning("ModelRegistryUpload: %s The run itself is complete; %s.", err, later)
 
-    def _maybe_stage(self, registry: Registry, info: VersionInfo, monitor: str | None, mode: str, score: float | None) -> None:
+    def _maybe_stage(
+        self, registry: Registry, info: VersionInfo, monitor: str | None, mode: str, score: float | None
+    ) -> None:
         from harvest.registry import RegistryError
 
         try:
@@ -142,8 +166,21 @@ class ModelRegistryUpload(Callback):
         except RegistryError:
             current = None
         reference = current.metrics.get(monitor or "") if current is not None else None
-        if current is not None and reference is not None and (score is None or not _passes(score, reference, mode, strict=True)):
-            log.info("%s stays on %s: %s %s does not beat %.4f.", STAGING, current.label, monitor, score, reference)
+        if (
+            current is not None
+            and reference is not None
+            and (score is None or not _passes(score, reference, mode, strict=True))
+        ):
+            log.info(
+                "%s stays on %s: %s %s does not beat %.4f.", STAGING, current.label, monitor, score, reference
+            )
             return
         previous, _ = registry.promote(self.name, info.version, STAGING)
-        log.info("%s: %s -> %s (%s = %s).", STAGING, previous.label if previous else "none", info.label, monitor, score)
+        log.info(
+            "%s: %s -> %s (%s = %s).",
+            STAGING,
+            previous.label if previous else "none",
+            info.label,
+            monitor,
+            score,
+        )

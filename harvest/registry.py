@@ -35,18 +35,15 @@ __all__ = [
     "Registry",
     "RegistryError",
     "VersionInfo",
-    "compare_rows",
     "default_uri",
     "download_model",
     "load_model",
-    "lower_is_better",
     "open_registry",
     "promote_model",
     "register_model",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_LOWER_IS_BETTER = re.compile(r"loss|error|seconds|time|rmse|mae", re.IGNORECASE)
 _ALIAS = re.compile(r"[A-Za-z_][\w-]*")
 
 
@@ -56,7 +53,7 @@ def default_uri() -> str:
 
 
 def open_registry(uri: str | None = None) -> Registry:
-    """The registry at ``uri``: ``wandb://ENTITY/PROJECT`` for W&B, anything else is an MLflow tracking URI."""
+    """Open the registry at ``uri``: ``wandb://ENTITY/PROJECT`` for W&B, else an MLflow tracking URI."""
     uri = uri or default_uri()
     if uri.startswith("wandb:"):
         from harvest.registry_wandb import WandbBackend
@@ -65,29 +62,6 @@ def open_registry(uri: str | None = None) -> Registry:
     from harvest.registry_mlflow import MlflowBackend
 
     return Registry(MlflowBackend(uri))
-
-
-def lower_is_better(metric: str, versions: Sequence[VersionInfo] = ()) -> bool:
-    """Direction of a metric: the recorded ``mode`` of a version that monitored it, else its name."""
-    for version in versions:
-        if version.record.get("monitor") == metric:
-            return version.record.get("mode") == "min"
-    return bool(_LOWER_IS_BETTER.search(metric))
-
-
-def compare_rows(versions: Sequence[VersionInfo]) -> list[tuple[str, list[float | None], int | None]]:
-    """One row per metric any version has: the values side by side and the index of the best (None on a tie or alone)."""
-    names = sorted({m for v in versions for m in v.metrics})
-    rows = []
-    for metric in names:
-        values = [v.metrics.get(metric) for v in versions]
-        present = [(value, i) for i, value in enumerate(values) if value is not None]
-        best = None
-        if len(present) > 1 and len({value for value, _ in present}) > 1:
-            pick = min if lower_is_better(metric, versions) else max
-            best = pick(present)[1]
-        rows.append((metric, values, best))
-    return rows
 
 
 def _one_line(err: BaseException) -> str:
@@ -134,7 +108,7 @@ class Registry:
         return info
 
     def resolve(self, ref: str | ModelRef) -> VersionInfo:
-        """The version a reference names (``NAME`` and ``NAME@latest`` mean the newest)."""
+        """Find the version a reference names (``NAME`` and ``NAME@latest`` mean the newest)."""
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         with self._service(f"finding {ref}"):
             versions = self.backend.versions(ref.name)
@@ -152,7 +126,7 @@ class Registry:
                 if found is None:
                     held = sorted({a for v in versions for a in v.aliases})
                     raise RegistryError(
-                        f"{ref.name} has no alias {ref.alias!r} (aliases: {', '.join(held) or 'none'}, and latest)."
+                        f"{ref.name} has no alias {ref.alias!r} (it has: {', '.join([*held, LATEST])})."
                     )
             else:
                 found = versions[-1]
@@ -168,16 +142,16 @@ class Registry:
             return out
 
     def compare(self, refs: Sequence[str | ModelRef]) -> list[VersionInfo]:
-        """The versions named by ``refs`` (see :func:`compare_rows` for the table)."""
+        """Resolve several references at once (``harvest registry compare`` tabulates their metrics)."""
         return [self.resolve(ref) for ref in refs]
 
     @staticmethod
     def pipeline_of(path_or_run: str | Path) -> str:
-        """The pipeline of the run that :meth:`register` would take its checkpoint from."""
+        """Return the pipeline of the run that :meth:`register` would take its checkpoint from."""
         return resolve_source(path_or_run).pipeline
 
     def find_registered(self, path_or_run: str | Path, name: str) -> VersionInfo | None:
-        """The version of ``name`` already registered from the same checkpoint file (same SHA-256), if any."""
+        """Return the version of ``name`` registered from the same checkpoint file (same SHA-256), if any."""
         digest = sha256_file(resolve_source(path_or_run).checkpoint)
         with self._service(f"looking up {name}"):
             versions = self.backend.versions(name)
@@ -198,7 +172,7 @@ class Registry:
     def _move_aliases(
         self, target: VersionInfo, aliases: Sequence[str], undo: Callable[[], None] | None = None
     ) -> None:
-        """Point each alias at ``target``; on failure put every moved alias back (and run ``undo``), then raise."""
+        """Point each alias at ``target``; on failure put the moved ones back, run ``undo`` and raise."""
         moved: list[tuple[str, VersionInfo | None]] = []
         for alias in aliases:
             previous = None
@@ -262,16 +236,19 @@ class Registry:
         aliases = [a for a in dict.fromkeys(aliases) if a != LATEST]
         for alias in aliases:
             self._check_alias(alias)
+        options = [f"--alias {a}" for a in aliases] + [
+            f"--metric {k}={v}" for k, v in (metrics or {}).items()
+        ]
         retry = " ".join(
             [
                 "harvest registry register",
                 str(path_or_run),
                 "--name",
                 name,
-                *(f"--alias {a}" for a in aliases),
+                *options,
+                "--tracking-uri",
+                self.uri,
             ]
-            + [f"--metric {k}={v}" for k, v in (metrics or {}).items()]
-            + ["--tracking-uri", self.uri]
         )
         with self._service(f"registering {name}", retry):
             source = resolve_source(path_or_run)
@@ -289,7 +266,8 @@ class Registry:
     ) -> tuple[VersionInfo | None, VersionInfo]:
         """Point ``alias`` at ``version``; returns (previous holder or None, new holder)."""
         self._check_alias(alias)
-        retry = f"harvest registry promote {name} --version {version} --to-alias {alias} --tracking-uri {self.uri}"
+        retry = f"harvest registry promote {name} --version {version} --to-alias {alias}"
+        retry += f" --tracking-uri {self.uri}"
         with self._service(f"promoting {name}:{version} to {alias}", retry):
             target = self.resolve(ModelRef(name, str(version)))
             previous = self.backend.holder(name, alias)
@@ -308,6 +286,7 @@ class Registry:
 
         Returns:
             The package folder (inside the MLflow model folder for the MLflow backend).
+
         """
         info = self.resolve(ref)
         return self._fetch(info, Path(dst), f"{ref} ({info.label})")
@@ -332,7 +311,7 @@ def register_model(
     aliases: Sequence[str] = (LATEST,),
     tracking_uri: str | None = None,
 ) -> VersionInfo:
-    """Register a run's best checkpoint (or a ``.ckpt``) as a new version of ``name``; see :meth:`Registry.register`."""
+    """Register a run's best checkpoint (or a ``.ckpt``) as a new version; see :meth:`Registry.register`."""
     return open_registry(tracking_uri).register(path, name, metrics, aliases)
 
 
@@ -343,7 +322,7 @@ def load_model(
     tracking_uri: str | None = None,
     map_location: str = "cpu",
 ) -> pl.LightningModule:
-    """A registered model ready to predict: the SSL classifier with its fitted estimators, or the Mask R-CNN detector.
+    """Load a registered model ready to predict (SSL classifier with estimators, or Mask R-CNN detector).
 
     Args:
         name: Registered model name.

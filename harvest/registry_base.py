@@ -100,7 +100,7 @@ class ModelRef:
 
 
 def encode_record(record: dict[str, Any]) -> dict[str, str]:
-    """The record as string tags (``harvest.<key>``, JSON for non-strings), for stores that only keep strings."""
+    """Encode the record as string tags (``harvest.<key>``, JSON for non-strings) for string-only stores."""
     tags = {}
     for key in RECORD_KEYS:
         value = record.get(key)
@@ -129,7 +129,7 @@ class RegistryBackend(ABC):
     uri: str
 
     def check_available(self, action: str, retry: str | None = None) -> None:  # noqa: B027 - most stores need no check
-        """Raise :class:`RegistryError` when the service cannot be used for ``action``, naming ``retry`` (a command) as the fix."""
+        """Raise :class:`RegistryError` when the service cannot do ``action``, naming ``retry`` as fix."""
 
     @abstractmethod
     def create_version(self, name: str, package: Path, record: dict[str, Any]) -> VersionInfo:
@@ -153,7 +153,7 @@ class RegistryBackend(ABC):
 
     @abstractmethod
     def holder(self, name: str, alias: str) -> VersionInfo | None:
-        """The version an alias points at, or None."""
+        """Return the version an alias points at, or None."""
 
     @abstractmethod
     def set_alias(self, name: str, alias: str, version: str) -> None:

@@ -17,6 +17,7 @@ The registry is MLflow's at ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI``
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from fnmatch import fnmatch
@@ -25,9 +26,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harvest.registry import Registry, RegistryError, VersionInfo, compare_rows, default_uri, open_registry
+from harvest.registry import Registry, RegistryError, VersionInfo, default_uri, open_registry
 
 BEST = "★"
+_LOWER_IS_BETTER = re.compile(r"loss|error|seconds|time|rmse|mae", re.IGNORECASE)
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -41,7 +43,7 @@ def _metric(text: str) -> tuple[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``harvest registry`` argument parser."""
+    """Build the ``harvest registry`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--tracking-uri",
@@ -118,6 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def lower_is_better(metric: str, versions: Sequence[VersionInfo] = ()) -> bool:
+    """Whether lower is better: the recorded ``mode`` of a version that monitored it, else the name."""
+    for version in versions:
+        if version.record.get("monitor") == metric:
+            return version.record.get("mode") == "min"
+    return bool(_LOWER_IS_BETTER.search(metric))
+
+
+def compare_rows(versions: Sequence[VersionInfo]) -> list[tuple[str, list[float | None], int | None]]:
+    """One row per metric any version has: values side by side, index of the best (None: a tie or alone)."""
+    names = sorted({m for v in versions for m in v.metrics})
+    rows = []
+    for metric in names:
+        values = [v.metrics.get(metric) for v in versions]
+        present = [(value, i) for i, value in enumerate(values) if value is not None]
+        best = None
+        if len(present) > 1 and len({value for value, _ in present}) > 1:
+            pick = min if lower_is_better(metric, versions) else max
+            best = pick(present)[1]
+        rows.append((metric, values, best))
+    return rows
+
+
 def _aliases(info: VersionInfo) -> str:
     return ", ".join(info.aliases) or "-"
 
@@ -127,7 +152,7 @@ def _fmt(value: float | None) -> str:
 
 
 def listing_table(versions: Sequence[VersionInfo], title: str) -> Table:
-    """The ``list`` table: one row per version."""
+    """Build the ``list`` table: one row per version."""
     table = Table(title=title)
     for column in (
         "model",
@@ -202,7 +227,7 @@ def _register_all(
     )
     if not runs:
         raise RegistryError(
-            f"{folder} holds no run directories (with training_summary.json or checkpoints/); nothing was registered."
+            f"{folder} holds no run directories (with training_summary.json or checkpoints/): nothing to do."
         )
     failures = 0
     for run in runs:
@@ -221,7 +246,7 @@ def _register_all(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``harvest registry`` with ``argv`` (default: ``sys.argv[2:]``); exits with status 1 and one line on failure."""
+    """Run ``harvest registry`` with ``argv`` (default ``sys.argv[2:]``); on failure one line and status 1."""
     args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
     console = Console(soft_wrap=True)
     try:
@@ -232,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "register":
             info = registry.register(args.path, args.name, dict(args.metric), args.alias)
             console.print(
-                f"Registered {info.label} ({_aliases(info)}) from {info.record.get('checkpoint')} in {registry.uri}"
+                f"Registered {info.label} ({_aliases(info)}) from {info.record.get('checkpoint')} "
+                f"in {registry.uri}"
             )
         elif args.command == "register-all":
             if _register_all(registry, Path(args.folder), args.name, args.alias, console):
@@ -250,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             info = registry.resolve(args.ref)
             params = sum(p.numel() for p in module.parameters())
             console.print(
-                f"Loaded {args.ref} = {info.label}: {type(module).__name__}, {params:,} parameters, SHA-256 verified"
+                f"Loaded {args.ref} = {info.label}: {type(module).__name__}, {params:,} parameters, "
+                "SHA-256 verified"
             )
         elif args.command == "download":
             info = registry.resolve(args.ref)

@@ -250,6 +250,6 @@ class MlflowBackend(RegistryBackend):
         package = Path(local) / "artifacts" / PACKAGE_ARTIFACT
         if not package.is_dir():
             raise RegistryError(
-                f"{version.label}: its MLflow model at {version.source} holds no Harvest package; re-register it."
+                f"{version.label}: the MLflow model at {version.source} has no Harvest package; re-register."
             )
         return package

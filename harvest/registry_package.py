@@ -89,7 +89,7 @@ def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
     found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise RegistryError(
-            f"{run_dir} holds no checkpoint (checkpoints/*.ckpt): train with a ModelCheckpoint callback first."
+            f"{run_dir} holds no checkpoint (checkpoints/*.ckpt): train with a ModelCheckpoint first."
         )
     return found[-1]
 
@@ -118,7 +118,7 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
         checkpoint = path
         if not summary and not (run_dir / "config.yaml").is_file():
             run_dir = None
-    hparams = _load_checkpoint(checkpoint).get("hyper_parameters") or {}
+    hparams = _load_checkpoint(checkpoint, mmap=True).get("hyper_parameters") or {}  # tensors stay on disk
     class_path = hparams.get("_class_path")
     if not class_path:
         raise RegistryError(
@@ -138,9 +138,9 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
     )
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def _load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError… for a bad file
         raise RegistryError(
             f"{path} cannot be read as a safe checkpoint (weights_only=True): {err}".splitlines()[0]
@@ -148,7 +148,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def git_commit(run_dir: Path | None) -> str | None:
-    """Return the commit that trained the run when the run recorded it, else the code's commit (``-dirty`` if changed)."""
+    """Return the commit the run recorded, else the code's current commit (``-dirty`` when changed)."""
     for name in ("training_summary.json", "dataset_card.json"):
         recorded = _read_json(run_dir / name).get("git_commit") if run_dir else None
         if recorded:
@@ -222,12 +222,13 @@ def verify_package(package: Path, sha256: dict[str, str], where: str) -> None:
         path = package / relative
         if not path.is_file():
             raise IntegrityError(
-                f"{where}: {relative} is missing from the registered files; re-register the model from its run."
+                f"{where}: {relative} is missing from the registered files; re-register it from its run."
             )
         actual = sha256_file(path)
         if actual != expected:
             raise IntegrityError(
-                f"{where}: {relative} has SHA-256 {actual[:12]}… but {expected[:12]}… was recorded at registration; "
+                f"{where}: {relative} has SHA-256 {actual[:12]}… but {expected[:12]}… was recorded at "
+                "registration; "
                 "refusing to load a changed file. Re-register the model from its run directory."
             )
 

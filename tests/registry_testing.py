@@ -15,17 +15,42 @@ from harvest.cli import cli_main
 from harvest.run_setup import RUN_NAME_ENV
 
 TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData", "--seed_everything", "0"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.logger", "false"]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.logger",
+    "false",
+]
 CHECKPOINT = [
-    "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",
-    "--trainer.callbacks.save_last", "true", "--trainer.callbacks+", "TrainingSummary",
+    "--trainer.callbacks+",
+    "ModelCheckpoint",
+    "--trainer.callbacks.monitor",
+    "val/loss",
+    "--trainer.callbacks.save_last",
+    "true",
+    "--trainer.callbacks+",
+    "TrainingSummary",
 ]
 
 
 def train_toy(root: Path, run_name: str, *extra: str) -> Path:
     """Fit the toy model into ``root/runs/<run_name>`` and return the run directory."""
     run_dir = root / "runs" / run_name
-    cli_main(["fit", *TOY, *QUIET, *CHECKPOINT, "--run_name", run_name, "--trainer.default_root_dir", str(run_dir), *extra])
+    cli_main(
+        [
+            "fit",
+            *TOY,
+            *QUIET,
+            *CHECKPOINT,
+            "--run_name",
+            run_name,
+            "--trainer.default_root_dir",
+            str(run_dir),
+            *extra,
+        ]
+    )
     return run_dir
 
 
@@ -60,7 +85,7 @@ def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_store: 
 
 
 def use_mlflow_uri(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
-    """Make ``uri`` MLflow's default tracking and registry URI for one test (``models:/`` URIs resolve there)."""
+    """Make ``uri`` MLflow's default tracking and registry URI for one test (``models:/`` resolves there)."""
     import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking._tracking_service.utils as tracking_utils
 

@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from registry_testing import migrated_store, sqlite_uri, toy_runs, use_mlflow_uri  # noqa: F401 - fixtures
 from toy_lightning import ToyModel
 
-from harvest.registry import LATEST, ModelRef, RegistryError, compare_rows, load_model, open_registry, register_model
+from harvest.registry import LATEST, ModelRef, RegistryError, load_model, open_registry, register_model
+from harvest.registry_cli import compare_rows
 from harvest.registry_cli import main as registry_cli
 from harvest.registry_package import WEIGHTS, IntegrityError
 
@@ -39,17 +40,25 @@ def test_model_refs_parse() -> None:
         ModelRef.parse("a@b@c")
 
 
-def test_a_version_records_run_metrics_config_commit_and_hashes(sqlite_uri: str, toy_runs: tuple[Path, Path]) -> None:
+def test_a_version_records_run_metrics_config_commit_and_hashes(
+    sqlite_uri: str, toy_runs: tuple[Path, Path]
+) -> None:
     _, run_dir = toy_runs
     summary = json.loads((run_dir / "training_summary.json").read_text())
-    info = register_model(run_dir, "toy", metrics={"holdout/accuracy": 0.75}, aliases=["staging"], tracking_uri=sqlite_uri)
+    info = register_model(
+        run_dir, "toy", metrics={"holdout/accuracy": 0.75}, aliases=["staging"], tracking_uri=sqlite_uri
+    )
 
     assert info.version == "1" and set(info.aliases) == {LATEST, "staging"}
     record = info.record
     assert record["class_path"] == "toy_lightning.ToyModel" and record["run_name"] == run_dir.name
     assert Path(record["checkpoint"]).samefile(summary["best_checkpoint"])
     assert record["metrics"]["val/loss"] == pytest.approx(summary["final_metrics"]["val/loss"])
-    assert record["metrics"]["holdout/accuracy"] == 0.75 and record["monitor"] == "val/loss" and record["mode"] == "min"
+    assert (
+        record["metrics"]["holdout/accuracy"] == 0.75
+        and record["monitor"] == "val/loss"
+        and record["mode"] == "min"
+    )
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", record["git_commit"])
     assert set(record["sha256"]) == {WEIGHTS, "config.yaml", "training_summary.json"}
 
@@ -62,7 +71,9 @@ def test_a_version_records_run_metrics_config_commit_and_hashes(sqlite_uri: str,
     package = open_registry(sqlite_uri).download("toy@staging", "dl")
     assert (package.parent.parent / "MLmodel").is_file() and (package / "config.yaml").is_file()
     slim = torch.load(package / WEIGHTS, weights_only=True)
-    assert "optimizer_states" not in slim and slim["hyper_parameters"]["_class_path"] == "toy_lightning.ToyModel"
+    assert (
+        "optimizer_states" not in slim and slim["hyper_parameters"]["_class_path"] == "toy_lightning.ToyModel"
+    )
 
     loaded = load_model("toy", alias="staging", tracking_uri=sqlite_uri)
     original = ToyModel.load_from_checkpoint(summary["best_checkpoint"], weights_only=True).eval()
@@ -70,7 +81,9 @@ def test_a_version_records_run_metrics_config_commit_and_hashes(sqlite_uri: str,
     assert not loaded.training and torch.equal(loaded.net(x), original.net(x))
 
 
-def test_tampered_weights_are_refused(sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_weights_are_refused(
+    sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow.pyfunc
 
     register_model(toy_runs[1], "toy", aliases=["production"], tracking_uri=sqlite_uri)
@@ -108,7 +121,9 @@ def test_a_failed_registration_leaves_the_previous_alias_holder(
     assert registry.resolve("toy@staging").version == registry.resolve("toy@production").version == "1"
 
 
-def test_a_failed_promotion_keeps_the_alias(sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_promotion_keeps_the_alias(
+    sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     registry = open_registry(sqlite_uri)
     registry.register(toy_runs[0], "toy", aliases=["production"])
     registry.register(toy_runs[1], "toy")
@@ -117,7 +132,10 @@ def test_a_failed_promotion_keeps_the_alias(sqlite_uri: str, toy_runs: tuple[Pat
         raise PermissionError("read-only database")
 
     monkeypatch.setattr(registry.backend, "set_alias", refuse)
-    with pytest.raises(RegistryError, match=r"moving alias 'production' to toy:2 failed \(read-only database\); production still points to toy:1"):
+    with pytest.raises(
+        RegistryError,
+        match=r"alias 'production' to toy:2 failed \(read-only database\); production still points to toy:1",
+    ):
         registry.promote("toy", 2, "production")
     monkeypatch.undo()
     assert registry.resolve("toy@production").version == "1"
@@ -128,32 +146,50 @@ def test_cli_lifecycle_register_list_compare_promote_load_download(
 ) -> None:
     short, longer = toy_runs
     uri = ["--tracking-uri", sqlite_uri]
-    assert "Registered toy:1 (latest, staging)" in _cli(capsys, "register", str(short), "--name", "toy", "--alias", "staging", *uri)
-    assert "Registered toy:2 (latest)" in _cli(capsys, "register", str(longer), "--name", "toy", "--metric", "extra/score=2", *uri)
+    assert "Registered toy:1 (latest, staging)" in _cli(
+        capsys, "register", str(short), "--name", "toy", "--alias", "staging", *uri
+    )
+    assert "Registered toy:2 (latest)" in _cli(
+        capsys, "register", str(longer), "--name", "toy", "--metric", "extra/score=2", *uri
+    )
 
     listing = _cli(capsys, "list", *uri)
-    assert re.search(r"toy\s+│\s+1\s+│\s+staging", listing) and re.search(r"toy\s+│\s+2\s+│\s+latest", listing)
+    assert re.search(r"toy\s+│\s+1\s+│\s+staging", listing) and re.search(
+        r"toy\s+│\s+2\s+│\s+latest", listing
+    )
 
     table = _cli(capsys, "compare", "toy@staging", "toy@latest", *uri)
     versions = open_registry(sqlite_uri).compare(["toy:1", "toy:2"])
     rows = {metric: best for metric, _, best in compare_rows(versions)}
     best_loss = min((0, 1), key=lambda i: versions[i].metrics["val/loss"])
-    assert rows["val/loss"] == best_loss and rows["extra/score"] is None  # a metric only one version has wins nothing
+    assert (
+        rows["val/loss"] == best_loss and rows["extra/score"] is None
+    )  # a metric only one version has wins nothing
     (line,) = [ln for ln in table.splitlines() if "val/loss" in ln]
     assert line.count("★") == 1 and line.split("│")[2 + best_loss].strip().endswith("★")
 
-    assert "production set (no version held it before) to version 1" in _cli(capsys, "promote", "toy", "--version", "1", "--to-alias", "production", *uri)
-    assert "production moved from version 1 to version 2" in _cli(capsys, "promote", "toy", "--version", "2", "--to-alias", "production", *uri)
+    assert "production set (no version held it before) to version 1" in _cli(
+        capsys, "promote", "toy", "--version", "1", "--to-alias", "production", *uri
+    )
+    assert "production moved from version 1 to version 2" in _cli(
+        capsys, "promote", "toy", "--version", "2", "--to-alias", "production", *uri
+    )
     err = _fails(capsys, "promote", "toy", "--version", "7", "--to-alias", "production", *uri)
     assert err == "harvest registry promote: toy has no version 7 (versions: 1, 2); nothing was changed."
     assert open_registry(sqlite_uri).resolve("toy@production").version == "2"
-    assert "latest always names the newest" in _fails(capsys, "promote", "toy", "--version", "1", "--to-alias", "latest", *uri).replace("'", "")
+    assert "latest always names the newest" in _fails(
+        capsys, "promote", "toy", "--version", "1", "--to-alias", "latest", *uri
+    ).replace("'", "")
 
-    assert "Loaded toy@production = toy:2: ToyModel, 10 parameters, SHA-256 verified" in _cli(capsys, "load", "toy@production", *uri)
+    assert "Loaded toy@production = toy:2: ToyModel, 10 parameters, SHA-256 verified" in _cli(
+        capsys, "load", "toy@production", *uri
+    )
     out = _cli(capsys, "download", "toy:1", "--dst", "models", *uri)
     assert "Downloaded toy:1" in out and (Path("models/toy-v1").rglob(WEIGHTS).__next__()).is_file()
 
-    assert "already registered as toy:2, skipped" in _cli(capsys, "register-all", str(longer.parent), "--name", "toy", *uri)
+    assert "already registered as toy:2, skipped" in _cli(
+        capsys, "register-all", str(longer.parent), "--name", "toy", *uri
+    )
     assert [v.version for v in open_registry(sqlite_uri).listing()] == ["1", "2"]
 
 
@@ -161,7 +197,13 @@ def test_cli_errors_are_one_line(sqlite_uri: str, tmp_path: Path, capsys: pytest
     uri = ["--tracking-uri", sqlite_uri]
     assert "nowhere: no such run directory" in _fails(capsys, "register", "nowhere", "--name", "x", *uri)
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
-    assert "does not record its LightningModule class" in _fails(capsys, "register", str(tmp_path / "bare.ckpt"), "--name", "x", *uri)
+    assert "does not record its LightningModule class" in _fails(
+        capsys, "register", str(tmp_path / "bare.ckpt"), "--name", "x", *uri
+    )
     assert "no registered model named 'ghost'" in _fails(capsys, "compare", "ghost", *uri)
-    assert "not valid" in _fails(capsys, "register", str(tmp_path / "bare.ckpt"), "--name", "x", "--alias", "bad alias", *uri)
-    assert not Path("mlruns").exists() or not list(Path("mlruns").rglob("MLmodel")), "nothing may be half-registered"
+    assert "not valid" in _fails(
+        capsys, "register", str(tmp_path / "bare.ckpt"), "--name", "x", "--alias", "bad alias", *uri
+    )
+    assert not Path("mlruns").exists() or not list(Path("mlruns").rglob("MLmodel")), (
+        "nothing may be half-registered"
+    )

@@ -39,12 +39,16 @@ def _fresh_run_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registers_the_best_checkpoint_and_stages_only_a_better_one(
-    sqlite_uri: str, tmp_path: Path, messages: pytest.LogCaptureFixture  # noqa: F811
+    sqlite_uri: str,
+    tmp_path: Path,
+    messages: pytest.LogCaptureFixture,  # noqa: F811
 ) -> None:
     mlflow = ["--trainer.logger", "MLFlowLogger", "--trainer.logger.tracking_uri", sqlite_uri]
     upload = _upload(name="toy", promote_to_staging=True)
     good = train_toy(tmp_path, "toy_20250101_000010", *mlflow, *upload, "--trainer.max_epochs", "3")
-    worse = train_toy(tmp_path, "toy_20250101_000011", *mlflow, *upload, "--trainer.max_epochs", "1", "--model.lr", "0.001")
+    worse = train_toy(
+        tmp_path, "toy_20250101_000011", *mlflow, *upload, "--trainer.max_epochs", "1", "--model.lr", "0.001"
+    )
 
     registry = open_registry(sqlite_uri)
     v1, v2 = registry.listing()
@@ -66,8 +70,13 @@ def test_an_unreachable_registry_never_fails_the_run(
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    run_dir = train_toy(tmp_path, "toy_20250101_000013", *_upload(name="toy", tracking_uri=f"http://127.0.0.1:{free_port()}"),
-                        "--trainer.max_epochs", "1")
+    run_dir = train_toy(
+        tmp_path,
+        "toy_20250101_000013",
+        *_upload(name="toy", tracking_uri=f"http://127.0.0.1:{free_port()}"),
+        "--trainer.max_epochs",
+        "1",
+    )
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "training_summary.json").is_file()
     assert f"register it later with `harvest registry register {run_dir} --name toy`" in messages.text
 
@@ -77,7 +86,13 @@ def test_offline_wandb_registry_is_reported_not_half_written(
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
-    train_toy(tmp_path, "toy_20250101_000014", *_upload(name="toy", tracking_uri="wandb://team/harvest"), "--trainer.max_epochs", "1")
+    train_toy(
+        tmp_path,
+        "toy_20250101_000014",
+        *_upload(name="toy", tracking_uri="wandb://team/harvest"),
+        "--trainer.max_epochs",
+        "1",
+    )
     assert "needs a connection to the W&B Registry (WANDB_MODE=offline); nothing was written" in messages.text
     assert not (tmp_path / "wandb").exists()
 

@@ -1,13 +1,16 @@
 """The registry lifecycle with the real pipelines, on the SQLite store and on a real ``mlflow server``.
 
 The grocery run is the shared session fixture (the demo recipe, whose ``ModelRegistryUpload``
-registers it into the run's own MLflow store at the end of ``fit``).
+registers it into the run's own MLflow store at the end of ``fit``); the Fuji run is one epoch of
+the CPU demo recipe on a tiny synthetic orchard. Predictions of a loaded version must equal the
+in-memory model's, through Harvest's loader and through ``mlflow.pyfunc``.
 """
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -15,10 +18,11 @@ import pytest
 import torch
 from conftest import GroceryRun
 from mlflow import MlflowClient
-from mlflow_server import MlflowServer, mlflow_server  # noqa: F401 - fixture
+from mlflow_server import MlflowServer  # the `mlflow_server` session fixture comes from conftest.py
 from registry_testing import migrated_store, sqlite_uri, use_mlflow_uri  # noqa: F401 - fixtures
 
-from harvest.registry import compare_rows, load_model, open_registry
+from harvest.registry import load_model, open_registry
+from harvest.registry_cli import compare_rows
 from lightning_modules import SemiSupervisedClassifier
 
 
@@ -39,11 +43,17 @@ def registry_uri(request: pytest.FixtureRequest, sqlite_uri: str) -> str:  # noq
 def test_the_demo_recipe_registers_its_model_at_the_end_of_fit(grocery_run: GroceryRun) -> None:
     client = MlflowClient(f"sqlite:///{grocery_run.workdir / 'mlflow.db'}")
     (version,) = client.search_model_versions("name = 'grocery-ssl-classifier'")
-    assert client.get_run(version.run_id).info.run_name == grocery_run.run_dir.name  # linked to the training run
-    assert str(client.get_model_version_by_alias("grocery-ssl-classifier", "staging").version) == str(version.version)
+    assert (
+        client.get_run(version.run_id).info.run_name == grocery_run.run_dir.name
+    )  # linked to the training run
+    assert str(client.get_model_version_by_alias("grocery-ssl-classifier", "staging").version) == str(
+        version.version
+    )
     tags = version.tags
     assert tags["harvest.class_path"] == "lightning_modules.SemiSupervisedClassifier"
-    assert '"summary/best_test_accuracy"' in tags["harvest.metrics"] and len(tags["harvest.dataset_hash"]) == 64
+    assert (
+        '"summary/best_test_accuracy"' in tags["harvest.metrics"] and len(tags["harvest.dataset_hash"]) == 64
+    )
 
 
 def test_grocery_lifecycle_register_compare_promote_load_predict(
@@ -57,7 +67,10 @@ def test_grocery_lifecycle_register_compare_promote_load_predict(
 
     versions = registry.compare([f"{name}@staging", f"{name}:2"])
     rows = {metric: (values, best) for metric, values, best in compare_rows(versions)}
-    assert rows["summary/best_test_accuracy"] == ([first.metrics["summary/best_test_accuracy"]] * 2, None)  # a tie
+    assert rows["summary/best_test_accuracy"] == (
+        [first.metrics["summary/best_test_accuracy"]] * 2,
+        None,
+    )  # a tie
     assert rows["holdout/accuracy"] == ([None, 0.5], None)
 
     assert registry.promote(name, 1, "production")[0] is None
@@ -65,19 +78,25 @@ def test_grocery_lifecycle_register_compare_promote_load_predict(
     assert previous.version == "1" and current.version == "2" and "production" in current.aliases
 
     loaded = load_model(name, alias="production", tracking_uri=registry_uri)
-    assert isinstance(loaded, SemiSupervisedClassifier) and set(loaded.estimators) == set(grocery_run.cli.model.estimators)
+    assert isinstance(loaded, SemiSupervisedClassifier) and set(loaded.estimators) == set(
+        grocery_run.cli.model.estimators
+    )
     images = _test_images(grocery_run)
     in_memory = grocery_run.cli.model.eval()
     assert loaded.classify(images) == in_memory.classify(images)
 
-    use_mlflow_uri(monkeypatch, registry_uri)  # the same version through MLflow's own loader, as `mlflow models serve` does
+    use_mlflow_uri(
+        monkeypatch, registry_uri
+    )  # the same version through MLflow's own loader, as `mlflow models serve` does
     served = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(images.numpy().astype(np.float32))
     expected = in_memory.classify(images, [f"input[{i}]" for i in range(len(images))])
     assert [r["class_name"] for r in served] == [r["class_name"] for r in expected]
     assert np.allclose([r["confidence"] for r in served], [r["confidence"] for r in expected])
 
 
-def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path) -> None:  # noqa: F811
+def test_register_all_registers_each_run_once(
+    sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path
+) -> None:  # noqa: F811
     from harvest.registry_cli import main
 
     folder = tmp_path / "runs"
@@ -87,3 +106,70 @@ def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: Groc
     main(["register-all", str(folder), "--tracking-uri", sqlite_uri])
     (version,) = open_registry(sqlite_uri).listing()
     assert version.name == "groceries-ssl" and version.record["run_name"] == grocery_run.run_dir.name
+
+
+@pytest.fixture(scope="session")
+def fuji_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One epoch of the Fuji CPU demo recipe on a 6-image synthetic orchard (TensorBoard only)."""
+    from conftest import CONFIGS, clear_run_name
+
+    from harvest.cli import cli_main
+
+    workdir = tmp_path_factory.mktemp("fuji_run")
+    orchard = [
+        f"--data.synthetic.{k}={v}"
+        for k, v in {"train_images": 6, "val_images": 2, "width": 128, "height": 96}.items()
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        clear_run_name()
+        cli = cli_main(
+            [
+                "fit",
+                f"--config={CONFIGS / 'fuji_maskrcnn.yaml'}",
+                f"--config={CONFIGS / 'demo' / 'fuji_cpu.yaml'}",
+                "--data.root",
+                str(workdir / "Fuji-SfM"),
+                *orchard,
+                "--data.min_size",
+                "96",
+                "--data.max_size",
+                "128",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger",
+                "TensorBoardLogger",
+                "--trainer.logger.save_dir",
+                "runs",
+                "--trainer.enable_model_summary",
+                "false",
+                "--run_name",
+                "fuji_apples_20250101_000000",
+            ]
+        )
+        clear_run_name()
+    return cli
+
+
+def test_fuji_detector_round_trip_through_the_registry(
+    sqlite_uri: str, fuji_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: F811
+    last = Path(
+        fuji_run.trainer.checkpoint_callback.last_model_path
+    )  # the weights the in-memory model ends with
+    info = open_registry(sqlite_uri).register(last, "fuji-maskrcnn", aliases=["production"])
+    assert info.record["class_path"] == "lightning_modules.MaskRCNNModule" and "val_segm/mAP" in info.metrics
+
+    loaded = load_model("fuji-maskrcnn", tracking_uri=sqlite_uri)
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    in_memory = fuji_run.model.eval()
+    with torch.inference_mode():
+        expected, got = in_memory.predict_step(list(images)), loaded.predict_step(list(images))
+    for e, g in zip(expected, got, strict=True):
+        assert set(g) == {"boxes", "labels", "scores", "masks"}
+        for key in g:
+            assert torch.equal(e[key], g[key]), key
+
+    use_mlflow_uri(monkeypatch, sqlite_uri)
+    served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@production").predict(images.numpy())
+    assert len(served) == 2 and np.allclose(served[0]["boxes"], expected[0]["boxes"].numpy().reshape(-1, 4))

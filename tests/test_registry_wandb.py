@@ -27,23 +27,49 @@ def _fails_with(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_offline_registration_says_what_to_run_once_online_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], toy_runs: tuple[Path, Path]  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    toy_runs: tuple[Path, Path],  # noqa: F811
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = toy_runs[1]
     before = _tree(tmp_path) | _tree(run_dir)
-    line = _fails_with(capsys, "register", str(run_dir), "--name", "toy", "--alias", "staging", "--tracking-uri", "wandb://team/harvest")
+    line = _fails_with(
+        capsys,
+        "register",
+        str(run_dir),
+        "--name",
+        "toy",
+        "--alias",
+        "staging",
+        "--tracking-uri",
+        "wandb://team/harvest",
+    )
     assert line == (
-        "harvest registry register: registering toy needs a connection to the W&B Registry (WANDB_MODE=offline); "
+        "harvest registry register: registering toy needs a connection to the W&B Registry "
+        "(WANDB_MODE=offline); "
         "nothing was written. Once online: `wandb login` (and unset WANDB_MODE), then "
         f"`harvest registry register {run_dir} --name toy --alias staging --tracking-uri wandb://team/harvest`."
     )
     assert _tree(tmp_path) | _tree(run_dir) == before
 
-    line = _fails_with(capsys, "promote", "toy", "--version", "1", "--to-alias", "production", "--tracking-uri", "wandb://team/harvest")
+    line = _fails_with(
+        capsys,
+        "promote",
+        "toy",
+        "--version",
+        "1",
+        "--to-alias",
+        "production",
+        "--tracking-uri",
+        "wandb://team/harvest",
+    )
     assert "promoting toy:1 to production needs a connection" in line
-    assert line.endswith("`harvest registry promote toy --version 1 --to-alias production --tracking-uri wandb://team/harvest`.")
+    assert line.endswith(
+        "`harvest registry promote toy --version 1 --to-alias production --tracking-uri wandb://team/harvest`."
+    )
 
 
 def test_without_an_api_key_the_registry_says_so(
