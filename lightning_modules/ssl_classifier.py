@@ -96,6 +96,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self.ssl_results: dict[str, ssl.SSLResult] = {}
         self.run_results: dict[str, Any] = {}
         self._fit_started = 0.0
+        self._serialized: tuple[dict[str, Any] | None, dict[str, torch.Tensor]] = (None, {})
 
     # ------------------------------------------------------------------ network
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -241,10 +242,9 @@ class SemiSupervisedClassifier(pl.LightningModule):
         if hparams and hparams.get("weights"):
             hparams["weights"] = None  # the trained weights are in the checkpoint: loading it must not fetch the initial ones
         if self.estimators:
-            checkpoint[CHECKPOINT_KEY] = {
-                "estimators": {name: ssl.to_tensor(estimator) for name, estimator in self.estimators.items()},
-                "run_results": self.run_results,
-            }
+            if self._serialized[0] is not self.estimators:  # skops is slow: once per set of fitted estimators
+                self._serialized = (self.estimators, {name: ssl.to_tensor(e) for name, e in self.estimators.items()})
+            checkpoint[CHECKPOINT_KEY] = {"estimators": self._serialized[1], "run_results": self.run_results}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY)
@@ -253,6 +253,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
             self.run_results = dict(stored["run_results"])
 
     # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
     def classify(self, images: torch.Tensor, paths: list[str] | None = None, algorithm: str | None = None) -> list[dict[str, Any]]:
         """Class name, confidence and probabilities of each image (call ``eval()`` first outside a Trainer).
 

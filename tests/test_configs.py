@@ -1,0 +1,95 @@
+"""Every YAML in ``configs/`` parses, composed the way its own header says, and the grocery configs instantiate.
+
+The rule, for every file: a pipeline config at the top of ``configs/`` parses alone; any other file
+names how it is used in a header comment line such as
+``#   harvest fit --config configs/groceries_ssl.yaml --config configs/loggers/mlflow.yaml``, and
+each such line is parsed exactly as written. Files in a folder that holds something other than
+LightningCLI configs (e.g. sweep search spaces) register a checker in :data:`OTHER_FORMATS`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONFIGS, REPO
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from callbacks import RunReport, TrainingSummary
+from datamodules import GroceriesDataModule
+from harvest.cli import HarvestCLI, cli_main
+from lightning_modules import SemiSupervisedClassifier
+
+USAGE = re.compile(r"^#\s*harvest (fit|validate|test|predict) (.*--config.*)$")
+
+#: folder name under configs/ -> checker for files that are not LightningCLI configs.
+OTHER_FORMATS: dict[str, Callable[[Path], None]] = {}
+
+
+def _usages(path: Path) -> list[list[str]]:
+    """The ``--config`` chains of the usage lines in ``path``'s header comments that include ``path``."""
+    own = path.relative_to(REPO).as_posix()
+    chains = []
+    for line in path.read_text().splitlines():
+        match = USAGE.match(line.strip())
+        if match:
+            tokens = shlex.split(re.sub(r"\[.*?\]", "", match.group(2)))
+            chain = [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == "--config"]
+            if own in chain and chain not in chains:
+                chains.append(chain)
+    return chains
+
+
+def _cases() -> list:
+    cases = []
+    for path in sorted(CONFIGS.rglob("*.y*ml")):
+        name = path.relative_to(REPO).as_posix()
+        if path.parent.relative_to(CONFIGS).as_posix() in OTHER_FORMATS:
+            cases.append(pytest.param(name, None, id=name))
+            continue
+        chains = _usages(path) or ([[name]] if path.parent == CONFIGS else [[]])
+        cases.extend(pytest.param(name, chain, id=" + ".join(chain) or name) for chain in chains)
+    return cases
+
+
+@pytest.mark.parametrize(("name", "chain"), _cases())
+def test_every_config_parses_as_its_header_says(name: str, chain: list[str] | None, capsys: pytest.CaptureFixture[str]) -> None:
+    path = REPO / name
+    if chain is None:
+        OTHER_FORMATS[path.parent.relative_to(CONFIGS).as_posix()](path)
+        return
+    assert chain, f"{name}: add a header line `#   harvest fit --config <pipeline config> --config {name}` saying how it is used"
+    args = [arg for config in chain for arg in ("--config", str(REPO / config))]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["class_path"] and resolved["data"]["class_path"], f"{' + '.join(chain)} names no model or data"
+
+
+def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: Path) -> None:
+    base = str(CONFIGS / "groceries_ssl.yaml")
+    tiny = ["--data.root", str(tiny_groceries), "--trainer.logger", "false"]
+    real = HarvestCLI(args=["--config", base, *tiny, "--model.weights", "null"], run=False)
+    assert isinstance(real.datamodule, GroceriesDataModule) and real.datamodule.labeled_ratio == 0.3
+    model = real.model
+    assert isinstance(model, SemiSupervisedClassifier) and model.hparams.backbone == "resnet50"
+    assert model.hparams.num_classes == 3 and model.class_names == ["apple", "banana", "bread"]  # linked from the data
+    callbacks = {type(c): c for c in real.trainer.callbacks}
+    assert callbacks[ModelCheckpoint].monitor == "val/accuracy" and callbacks[ModelCheckpoint].save_last
+    assert callbacks[EarlyStopping].monitor == "val/accuracy" and callbacks[EarlyStopping].mode == "max"
+    assert any(isinstance(c, LearningRateMonitor) for c in real.trainer.callbacks)
+    assert {RichProgressBar, TrainingSummary, RunReport} <= set(callbacks)
+    assert callbacks[RunReport].metrics == ["*/test_accuracy", "*/f1_score"]
+
+    demo = HarvestCLI(args=["--config", base, "--config", str(CONFIGS / "demo" / "groceries_cpu.yaml"), *tiny], run=False)
+    assert demo.model.hparams.backbone == "resnet18" and demo.model.hparams.weights is None
+    assert demo.datamodule.image_size == 64 and demo.trainer.max_epochs == 6
+    shipped = yaml.safe_load(Path(base).read_text())
+    loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
+    assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"
+    assert shipped["trainer"]["precision"] == "bf16-mixed" and shipped["data"]["init_args"]["root"] == "data/DS2GROCERIES"
