@@ -29,35 +29,13 @@ def clear_run_name() -> None:
         os.environ.pop(name, None)
 
 
-def forget_mlflow_stores() -> None:
-    """Drop MLflow's per-process caches of stores and database engines.
-
-    MLflow caches stores and SQLAlchemy engines per URI string, so after a ``chdir`` the shipped
-    relative URI ``sqlite:///mlflow.db`` would still write into the database of the folder where
-    the process first used it. Users run one folder per process; tests change folders.
-    """
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
-    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
-    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
-
-    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
-    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
-    for store in (TrackingSqlStore, RegistrySqlStore):
-        relative = [uri for uri in store._engine_map if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")]
-        for uri in relative:
-            store._engine_map.pop(uri).dispose()
-
-
 @pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test inside ``tmp_path`` (``runs/``, ``mlflow.db`` and ``data/`` land there)."""
     monkeypatch.chdir(tmp_path)
     for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
         monkeypatch.delenv(name, raising=False)
-    forget_mlflow_stores()
-    yield tmp_path
-    forget_mlflow_stores()
+    return tmp_path
 
 
 def copy_of(root: Path, destination: Path) -> Path:
@@ -103,8 +81,6 @@ def grocery_run(tmp_path_factory: pytest.TempPathFactory, tiny_groceries: Path) 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         clear_run_name()
-        forget_mlflow_stores()
         cli = cli_main(["fit", *groceries_args(tiny_groceries, "--trainer.max_epochs", "2")])
         clear_run_name()
-        forget_mlflow_stores()
     yield GroceryRun(workdir=workdir, run_dir=workdir / cli.trainer.default_root_dir, cli=cli)
