@@ -164,6 +164,10 @@ class Relay:
 
     def cut(self) -> None:
         """Refuse new connections and close the open ones."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        except OSError:
+            pass
         self.listener.close()
         with self._lock:
             for end in self._sockets:
