@@ -83,7 +83,7 @@ def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
     for key in ("best_checkpoint", "last_checkpoint"):
         if summary.get(key):
             recorded = Path(summary[key])
-            for candidate in (recorded, run_dir / "checkpoints" / recorded.name):
+            for candidate in (run_dir / "checkpoints" / recorded.name, recorded):  # the run may have moved
                 if candidate.is_file():
                     return candidate
     found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)

@@ -173,3 +173,62 @@ def test_fuji_detector_round_trip_through_the_registry(
     use_mlflow_uri(monkeypatch, sqlite_uri)
     served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@production").predict(images.numpy())
     assert len(served) == 2 and np.allclose(served[0]["boxes"], expected[0]["boxes"].numpy().reshape(-1, 4))
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_registered_classifier(
+    sqlite_uri: str, grocery_run: GroceryRun
+) -> None:  # noqa: F811
+    """``mlflow models serve -m models:/NAME@production`` (local env) answers like the in-memory model."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow_server import free_port
+
+    open_registry(sqlite_uri).register(grocery_run.run_dir, "grocery", aliases=["production"])
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": sqlite_uri,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/grocery@production",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        images = _test_images(grocery_run)
+        body = json.dumps({"inputs": images.numpy().tolist()}).encode()
+        request = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json"})
+        predictions = json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    expected = grocery_run.cli.model.eval().classify(images)
+    assert [p["class_name"] for p in predictions] == [e["class_name"] for e in expected]
