@@ -84,3 +84,22 @@ def grocery_run(tmp_path_factory: pytest.TempPathFactory, tiny_groceries: Path) 
         cli = cli_main(["fit", *groceries_args(tiny_groceries, "--trainer.max_epochs", "2")])
         clear_run_name()
     yield GroceryRun(workdir=workdir, run_dir=workdir / cli.trainer.default_root_dir, cli=cli)
+
+
+# ---------------------------------------------------------------------- fuji apples
+FUJI = [f"--config={CONFIGS / 'fuji_maskrcnn.yaml'}", f"--config={CONFIGS / 'demo' / 'fuji_cpu.yaml'}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_orchard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic orchard in the Fuji-SfM layout (VIA CSVs): 8 training and 3 validation images of 96x72."""
+    from datamodules.synthetic_orchard import SyntheticOrchard
+
+    root = tmp_path_factory.mktemp("orchard") / "Fuji-SfM"
+    return SyntheticOrchard(train_images=8, val_images=3, width=96, height=72, empty_fraction=0.15, seed=1).write(root)
+
+
+def fuji_args(root: Path, *extra: str) -> list[str]:
+    """CLI arguments of the Fuji demo recipe on ``root`` at 72x96 pixels (subcommand not included)."""
+    return [*FUJI, "--data.root", str(root), "--data.min_size", "72", "--data.max_size", "96",
+            "--data.batch_size", "2", "--trainer.enable_model_summary", "false", *extra]
