@@ -45,6 +45,7 @@ __all__ = [
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _ALIAS = re.compile(r"[A-Za-z_][\w-]*")
+_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 
 
 def default_uri() -> str:
@@ -233,6 +234,8 @@ class Registry:
             RegistryError: Nothing was registered; the message says why and what still holds each alias.
 
         """
+        if not _NAME.fullmatch(name):
+            raise RegistryError(f"model name {name!r} is not valid: use letters, digits, '.', '_' and '-'.")
         aliases = [a for a in dict.fromkeys(aliases) if a != LATEST]
         for alias in aliases:
             self._check_alias(alias)

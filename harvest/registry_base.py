@@ -148,10 +148,6 @@ class RegistryBackend(ABC):
         """All versions of ``name``, oldest first (empty when the model does not exist)."""
 
     @abstractmethod
-    def get(self, name: str, version: str) -> VersionInfo | None:
-        """One version, or None."""
-
-    @abstractmethod
     def holder(self, name: str, alias: str) -> VersionInfo | None:
         """Return the version an alias points at, or None."""
 

@@ -152,32 +152,16 @@ def _fmt(value: float | None) -> str:
 
 
 def listing_table(versions: Sequence[VersionInfo], title: str) -> Table:
-    """Build the ``list`` table: one row per version."""
+    """Build the ``list`` table: one row per version (``compare`` adds data set and commit)."""
     table = Table(title=title)
-    for column in (
-        "model",
-        "version",
-        "aliases",
-        "monitored metric",
-        "run",
-        "dataset",
-        "commit",
-        "registered",
-    ):
-        table.add_column(column, justify="right" if column == "version" else "left")
+    for column in ("model", "version", "aliases", "monitored metric", "run", "registered (UTC)"):
+        table.add_column(column, justify="right" if column == "version" else "left", overflow="fold")
     for info in versions:
-        record = info.record
-        monitor = record.get("monitor")
+        monitor = info.record.get("monitor")
         score = f"{monitor} = {_fmt(info.metrics.get(monitor))}" if monitor else "-"
+        created = (info.record.get("created") or "-")[:16].replace("T", " ")
         table.add_row(
-            info.name,
-            info.version,
-            _aliases(info),
-            score,
-            record.get("run_name") or "-",
-            (record.get("dataset_hash") or "-")[:12],
-            (record.get("git_commit") or "-")[:8],
-            (record.get("created") or "-")[:19],
+            info.name, info.version, _aliases(info), score, info.record.get("run_name") or "-", created
         )
     return table
 

@@ -98,16 +98,6 @@ class MlflowBackend(RegistryBackend):
             out.append(info)
         return sorted(out, key=lambda v: int(v.version))
 
-    def get(self, name: str, version: str) -> VersionInfo | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._info(self.client.get_model_version(name, version))
-        except MlflowException as err:
-            if self._missing(err):
-                return None
-            raise
-
     def holder(self, name: str, alias: str) -> VersionInfo | None:
         from mlflow.exceptions import MlflowException
 

@@ -106,10 +106,6 @@ class WandbBackend(RegistryBackend):
             return []
         return sorted((self._info(name, a) for a in found), key=lambda v: int(v.version))
 
-    def get(self, name: str, version: str) -> VersionInfo | None:
-        artifact = self._artifact(name, f"v{version}")
-        return self._info(name, artifact) if artifact is not None else None
-
     def holder(self, name: str, alias: str) -> VersionInfo | None:
         artifact = self._artifact(name, alias)
         return self._info(name, artifact) if artifact is not None else None
