@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def records(path: Path) -> Iterator[Any]:
         if kind == 0 and length == 0:
             position += left
             continue
+        if position + HEADER + length > len(data):
+            return  # a record still being written
         chunk = data[position + HEADER : position + HEADER + length]
         position += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
@@ -46,10 +49,23 @@ def records(path: Path) -> Iterator[Any]:
 
 
 class OfflineRun:
-    """What a W&B run directory holds: run record, config, history rows and logged artifacts."""
+    """What a finished W&B run directory holds: run record, config, history rows and logged artifacts.
 
-    def __init__(self, run_folder: Path) -> None:
+    History rows are flat: ``{"val/loss": 0.3, "dataset/samples/_type": "images/separated", ...}``.
+
+    Args:
+        run_folder: The ``offline-run-*`` (or ``run-*``) folder.
+        timeout: Seconds to wait for the run's exit record: W&B's service process may still be
+            writing the log for a moment after ``finish()`` returned.
+    """
+
+    def __init__(self, run_folder: Path, timeout: float = 30.0) -> None:
         (self.file,) = Path(run_folder).glob("run-*.wandb")
+        deadline = time.monotonic() + timeout
+        while not any(r.WhichOneof("record_type") == "exit" for r in records(self.file)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.file}: no exit record after {timeout} s; the run did not finish")
+            time.sleep(0.2)
         self.run: Any = None
         self.config: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
