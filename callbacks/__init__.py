@@ -4,9 +4,11 @@ from callbacks.checkpoint_artifacts import CheckpointArtifacts
 from callbacks.config_saver import RunConfigSaver
 from callbacks.confusion_matrix import ConfusionMatrix
 from callbacks.dataset_card import DatasetCard
+from callbacks.inference_monitor import InferenceMonitor
 from callbacks.lr_monitor import LearningRateLogger
 from callbacks.mlflow_tracking import MLflowTracking
 from callbacks.model_registry_upload import ModelRegistryUpload
+from callbacks.optuna_pruning import OptunaPruning
 from callbacks.run_report import RunReport
 from callbacks.tensorboard_tracking import TensorBoardTracking
 from callbacks.training_summary import TrainingSummary
@@ -16,9 +18,11 @@ __all__ = [
     "CheckpointArtifacts",
     "ConfusionMatrix",
     "DatasetCard",
+    "InferenceMonitor",
     "LearningRateLogger",
     "MLflowTracking",
     "ModelRegistryUpload",
+    "OptunaPruning",
     "RunConfigSaver",
     "RunReport",
     "TensorBoardTracking",

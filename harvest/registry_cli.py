@@ -48,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow tracking URI or wandb://ENTITY/PROJECT (default: %(default)s → $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+        help="MLflow tracking URI, or wandb://ENTITY/PROJECT (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
     )
     parser = argparse.ArgumentParser(
         prog="harvest registry",
-        description=(__doc__ or "").splitlines()[0],
+        description="Register, list, compare, promote, load and download trained models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
+        epilog=(__doc__ or "").split("\n", 2)[2].replace("Examples::", "examples:"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

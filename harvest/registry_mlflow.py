@@ -117,6 +117,8 @@ class MlflowBackend(RegistryBackend):
 
     def delete_version(self, name: str, version: str) -> None:
         self.client.delete_model_version(name, version)
+        if not self.client.search_model_versions(f"name = '{name}'", max_results=1):
+            self.client.delete_registered_model(name)  # it was the first version: leave no empty model behind
 
     def _source_run(self, record: dict[str, Any], pipeline: str) -> tuple[str, str, bool]:
         """(experiment id, run id, whether the run was made here): the training run when this store has it."""
@@ -216,8 +218,6 @@ class MlflowBackend(RegistryBackend):
         return self._info(mv)
 
     def _undo(self, name: str, made_model: bool, model_id: str | None, run_id: str | None) -> None:
-        from mlflow.exceptions import MlflowException
-
         steps = [
             (model_id is not None, lambda: self.client.delete_logged_model(model_id)),
             (run_id is not None, lambda: self.client.delete_run(run_id)),
@@ -227,7 +227,7 @@ class MlflowBackend(RegistryBackend):
             if needed:
                 try:
                     step()
-                except MlflowException:  # best effort: the original error is what the user needs
+                except Exception:  # noqa: BLE001 - best effort: the original error is what the user needs
                     pass
 
     def download(self, version: VersionInfo, dst: Path) -> Path:

@@ -120,6 +120,10 @@ def test_a_failed_registration_leaves_the_previous_alias_holder(
     assert [v.version for v in registry.listing()] == ["1"]
     assert registry.resolve("toy@staging").version == registry.resolve("toy@production").version == "1"
 
+    with pytest.raises(RegistryError, match="production still points to nothing; nothing was registered"):
+        registry.register(toy_runs[1], "fresh", aliases=["production"])
+    assert registry.backend.model_names() == ["toy"]  # no empty registered model left behind
+
 
 def test_a_failed_promotion_keeps_the_alias(
     sqlite_uri: str, toy_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch

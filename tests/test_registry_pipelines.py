@@ -109,42 +109,30 @@ def test_register_all_registers_each_run_once(
 
 
 @pytest.fixture(scope="session")
-def fuji_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One epoch of the Fuji CPU demo recipe on a 6-image synthetic orchard (TensorBoard only)."""
-    from conftest import CONFIGS, clear_run_name
+def fuji_run(tmp_path_factory: pytest.TempPathFactory, tiny_orchard: Path) -> Any:
+    """One epoch of the Fuji CPU demo recipe on the tiny synthetic orchard (TensorBoard only)."""
+    from conftest import clear_run_name, fuji_args
 
     from harvest.cli import cli_main
 
-    workdir = tmp_path_factory.mktemp("fuji_run")
-    orchard = [
-        f"--data.synthetic.{k}={v}"
-        for k, v in {"train_images": 6, "val_images": 2, "width": 128, "height": 96}.items()
-    ]
+    workdir = tmp_path_factory.mktemp("fuji_registry_run")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         clear_run_name()
         cli = cli_main(
             [
                 "fit",
-                f"--config={CONFIGS / 'fuji_maskrcnn.yaml'}",
-                f"--config={CONFIGS / 'demo' / 'fuji_cpu.yaml'}",
-                "--data.root",
-                str(workdir / "Fuji-SfM"),
-                *orchard,
-                "--data.min_size",
-                "96",
-                "--data.max_size",
-                "128",
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.logger",
-                "TensorBoardLogger",
-                "--trainer.logger.save_dir",
-                "runs",
-                "--trainer.enable_model_summary",
-                "false",
-                "--run_name",
-                "fuji_apples_20250101_000000",
+                *fuji_args(
+                    tiny_orchard,
+                    "--trainer.max_epochs",
+                    "1",
+                    "--trainer.logger",
+                    "TensorBoardLogger",
+                    "--trainer.logger.save_dir",
+                    "runs",
+                    "--run_name",
+                    "fuji_apples_20250101_000000",
+                ),
             ]
         )
         clear_run_name()
@@ -161,7 +149,7 @@ def test_fuji_detector_round_trip_through_the_registry(
     assert info.record["class_path"] == "lightning_modules.MaskRCNNModule" and "val_segm/mAP" in info.metrics
 
     loaded = load_model("fuji-maskrcnn", tracking_uri=sqlite_uri)
-    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 3, 72, 96, generator=torch.Generator().manual_seed(0))
     in_memory = fuji_run.model.eval()
     with torch.inference_mode():
         expected, got = in_memory.predict_step(list(images)), loaded.predict_step(list(images))
