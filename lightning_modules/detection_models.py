@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -30,6 +31,7 @@ Architecture = Literal[
 PARAMETER_GROUPS = ("backbone", "rpn", "box_head", "mask_head", "rest")
 
 _ASPECT_RATIOS = (0.5, 1.0, 2.0)
+_FETCH_WEIGHTS: ContextVar[bool] = ContextVar("harvest_fetch_weights", default=True)
 _LIGHT_BACKBONES = ("resnet18", "resnet34", "mobilenet_v3_large")
 
 
@@ -86,18 +88,24 @@ def build_mask_rcnn(
         **detector_options: Keyword arguments of torchvision's ``MaskRCNN`` (``box_batch_size_per_image``,
             ``rpn_pre_nms_top_n_train``, ``box_detections_per_img``...).
     """
+    fetch = _FETCH_WEIGHTS.get()
     if arch in ("maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn"):
         builder = maskrcnn_resnet50_fpn_v2 if arch.endswith("_v2") else maskrcnn_resnet50_fpn
-        model = builder(
-            weights=weights,
-            weights_backbone=weights_backbone,
-            num_classes=None if weights else num_classes,
-            trainable_backbone_layers=trainable_backbone_layers,
-            **detector_options,
-        )
+        if fetch or not (weights or weights_backbone):
+            model = builder(
+                weights=weights,
+                weights_backbone=weights_backbone,
+                num_classes=None if weights else num_classes,
+                trainable_backbone_layers=trainable_backbone_layers,
+                **detector_options,
+            )
+        else:  # the pretrained layout, its weights about to come from a checkpoint
+            model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **detector_options)
+            if builder is maskrcnn_resnet50_fpn:
+                _freeze_batch_norms(model.backbone.body)
         if anchor_sizes is not None:
             model.rpn.anchor_generator = _anchor_generator(anchor_sizes, levels=5, per_level=True)
-        if weights:
+        if model.roi_heads.box_predictor.cls_score.out_features != num_classes:
             replace_predictors(model, num_classes)
     elif arch in _LIGHT_BACKBONES:
         if weights is not None:
@@ -111,6 +119,7 @@ def build_mask_rcnn(
             trainable_backbone_layers,
             anchor_sizes,
             fpn_channels,
+            fetch,
             **detector_options,
         )
     else:
@@ -138,16 +147,19 @@ def _light_mask_rcnn(
     trainable_backbone_layers: int | None,
     anchor_sizes: list[int] | None,
     channels: int,
+    fetch: bool,
     **detector_options: object,
 ) -> MaskRCNN:
-    backbone_weights = _weights(arch, weights_backbone)
-    trained = backbone_weights is not None
+    trained = weights_backbone is not None
+    backbone_weights = _weights(arch, weights_backbone) if fetch else None
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
     mobilenet = arch == "mobilenet_v3_large"
     layers = (
-        trainable_backbone_layers
-        if trained and trainable_backbone_layers is not None
-        else (6 if mobilenet else 5)
+        (3 if trainable_backbone_layers is None else trainable_backbone_layers)
+        if trained
+        else 6
+        if mobilenet
+        else 5
     )
     if mobilenet:
         backbone = mobilenet_backbone(
@@ -180,6 +192,28 @@ def _light_mask_rcnn(
         mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
         **detector_options,
     )
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    """Swap every ``BatchNorm2d`` below ``module`` for torchvision's ``FrozenBatchNorm2d`` (the pretrained layout)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, misc_nn_ops.FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            _freeze_batch_norms(child)
+
+
+@contextmanager
+def without_weight_download() -> Iterator[None]:
+    """Build models with ``weights`` / ``weights_backbone`` in their pretrained layout without fetching them.
+
+    For loading a checkpoint, which holds every weight: no download, and no network needed.
+    """
+    token = _FETCH_WEIGHTS.set(False)
+    try:
+        yield
+    finally:
+        _FETCH_WEIGHTS.reset(token)
 
 
 def replace_predictors(model: MaskRCNN, num_classes: int) -> None:

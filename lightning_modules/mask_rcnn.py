@@ -20,6 +20,7 @@ from lightning_modules.detection_models import (
     build_mask_rcnn,
     losses_and_detections,
     parameter_groups,
+    without_weight_download,
 )
 from lightning_modules.schedules import build_scheduler
 
@@ -82,6 +83,12 @@ class MaskRCNNModule(pl.LightningModule):
         self.mask_threshold = mask_threshold
         self.val_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold)
         self.test_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MaskRCNNModule:  # type: ignore[override]
+        """Lightning's loader, without fetching the pretrained weights the checkpoint's own weights replace."""
+        with without_weight_download():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def setup(self, stage: str) -> None:
         """Refuse half-precision weights, which torchvision's detection ops do not support."""

@@ -21,7 +21,9 @@ from datamodules.instance_data import InstanceDataset, boxes_from_masks
 from datamodules.synthetic_orchard import SyntheticOrchard
 from datamodules.via import AnnotationError, read_via_csv
 
-HEADER = "filename,file_size,file_attributes,region_count,region_id,region_shape_attributes,region_attributes\n"
+HEADER = (
+    "filename,file_size,file_attributes,region_count,region_id,region_shape_attributes,region_attributes\n"
+)
 TRAIN = Path("1-Mask-set") / "training_images_and_annotations"
 
 
@@ -31,7 +33,11 @@ def via_row(filename: str, count: int, region_id: int, shape: dict) -> str:
 
 
 def square(x: int, y: int, size: int) -> dict:
-    return {"name": "polygon", "all_points_x": [x, x + size, x + size, x], "all_points_y": [y, y, y + size, y + size]}
+    return {
+        "name": "polygon",
+        "all_points_x": [x, x + size, x + size, x],
+        "all_points_y": [y, y, y + size, y + size],
+    }
 
 
 def write_image(path: Path, width: int = 40, height: int = 30) -> Path:
@@ -68,8 +74,14 @@ def test_via_csv_with_quoted_json_several_regions_and_shapes(tmp_path: Path) -> 
     [
         ("", "empty annotation file"),
         ("a,b,c\n1,2,3\n", "not a VIA CSV export, the header lacks filename"),
-        (HEADER + 'a.jpg,1,"{}",1,0,"{""name"":""polygon"",""all_points_x"":[1,2,3]","{}"\n', "row 2: region_shape_attributes"),
-        (HEADER + via_row("a.jpg", 1, 0, {"name": "point", "cx": 1, "cy": 2}), "region shape 'point' is not supported"),
+        (
+            HEADER + 'a.jpg,1,"{}",1,0,"{""name"":""polygon"",""all_points_x"":[1,2,3]","{}"\n',
+            "row 2: region_shape_attributes",
+        ),
+        (
+            HEADER + via_row("a.jpg", 1, 0, {"name": "point", "cx": 1, "cy": 2}),
+            "region shape 'point' is not supported",
+        ),
     ],
     ids=["empty", "not-via", "bad-json", "unsupported-shape"],
 )
@@ -85,16 +97,26 @@ def test_via_csv_errors_name_the_file(tmp_path: Path, text: str, expected: str) 
 @pytest.mark.parametrize(
     ("csv_text", "expected"),
     [
-        (HEADER + via_row("_MG_0002_01.jpg", 1, 0, square(1, 1, 5)), "names image _MG_0002_01.jpg, which is missing"),
-        (HEADER + via_row("_MG_0001_01.jpg", 1, 0, {"name": "polygon", "all_points_x": [1, 5], "all_points_y": [1, 5]}),
-         "polygon has 2 point\\(s\\), a mask needs at least 3"),
+        (
+            HEADER + via_row("_MG_0002_01.jpg", 1, 0, square(1, 1, 5)),
+            "names image _MG_0002_01.jpg, which is missing",
+        ),
+        (
+            HEADER
+            + via_row(
+                "_MG_0001_01.jpg", 1, 0, {"name": "polygon", "all_points_x": [1, 5], "all_points_y": [1, 5]}
+            ),
+            "polygon has 2 point\\(s\\), a mask needs at least 3",
+        ),
         (HEADER + via_row("_MG_0001_01.jpg", 1, 0, square(30, 20, 40)), "outside the 40x30 image"),
         ("", "empty annotation file"),
         (None, "no annotations \\(expected .*mask__MG_0001_01.csv\\)"),
     ],
     ids=["missing-image", "two-points", "outside", "empty-csv", "no-csv"],
 )
-def test_bad_data_stops_with_one_line_naming_the_file(tmp_path: Path, csv_text: str | None, expected: str) -> None:
+def test_bad_data_stops_with_one_line_naming_the_file(
+    tmp_path: Path, csv_text: str | None, expected: str
+) -> None:
     root = fuji_folder(tmp_path, csv_text)
     dm = FujiApplesDataModule(root=root, num_workers=0)
     with pytest.raises(DataError, match=expected) as info:
@@ -121,7 +143,10 @@ def test_unreadable_image_is_named_and_skip_mode_counts_what_it_leaves_out(tmp_p
 
 def test_missing_root_says_where_fuji_sfm_goes(tmp_path: Path) -> None:
     dm = FujiApplesDataModule(root=tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist: download Fuji-SfM .*1-Mask-set/training_images_and_annotations"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"nowhere does not exist: download Fuji-SfM .*1-Mask-set/training_images_and_annotations",
+    ):
         dm.setup("fit")
     assert "download Fuji-SfM" in dm.check()[0]
     with pytest.raises(ValueError, match="index 0 must be 'background'"):
@@ -130,11 +155,21 @@ def test_missing_root_says_where_fuji_sfm_goes(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- the Fuji-SfM layout
 def test_synthetic_orchard_through_the_real_parser(tiny_orchard: Path) -> None:
-    dm = FujiApplesDataModule(root=tiny_orchard, min_size=72, max_size=96, batch_size=2, num_workers=0, seed=3)
+    dm = FujiApplesDataModule(
+        root=tiny_orchard, min_size=72, max_size=96, batch_size=2, num_workers=0, seed=3
+    )
     dm.setup("fit")
     card = dm.describe()
-    assert card["format"] == "via" and card["name"] == "synthetic orchard" and card["class_names"] == ["background", "apple"]
-    assert {s: card["splits"][s]["images"] for s in ("train", "val", "test")} == {"train": 7, "val": 3, "test": 1}
+    assert (
+        card["format"] == "via"
+        and card["name"] == "synthetic orchard"
+        and card["class_names"] == ["background", "apple"]
+    )
+    assert {s: card["splits"][s]["images"] for s in ("train", "val", "test")} == {
+        "train": 7,
+        "val": 3,
+        "test": 1,
+    }
     assert card["instances"]["train"] == card["splits"]["train"]["per_class"]["apple"] > 7
     assert card["images_without_instances"]["train"] >= 1 and card["mask_area"]["train"]["min"] > 20
     json.dumps(card)
@@ -142,11 +177,19 @@ def test_synthetic_orchard_through_the_real_parser(tiny_orchard: Path) -> None:
     assert files == sorted(files) and len(files) == 2 * 11 and {f.suffix for f in files} == {".jpg", ".csv"}
     samples = dm.sample_images(per_class=2)
     assert len(samples["apple"]) == 2 and samples["background"] and dm.check() == []
-    assert FujiApplesDataModule(root=tiny_orchard, seed=3).splits()["test"][0].image == dm.splits()["test"][0].image
+    assert (
+        FujiApplesDataModule(root=tiny_orchard, seed=3).splits()["test"][0].image
+        == dm.splits()["test"][0].image
+    )
 
     images, targets = next(iter(dm.train_dataloader()))
     for image, target in zip(images, targets, strict=True):
-        assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1 and min(image.shape[1:]) <= 96
+        assert (
+            image.dtype == torch.float32
+            and 0 <= image.min()
+            and image.max() <= 1
+            and min(image.shape[1:]) <= 96
+        )
         assert target["masks"].dtype == torch.uint8 and target["masks"].shape[1:] == image.shape[1:]
         assert target["boxes"].shape == (len(target["labels"]), 4) and set(target["labels"].tolist()) <= {1}
 
@@ -156,7 +199,9 @@ def test_an_image_without_apples_is_a_negative_sample(tmp_path: Path) -> None:
     dm = FujiApplesDataModule(root=root, num_workers=0, val_fraction=0, test_fraction=0)
     dm.setup("fit")
     image, target = dm.datasets["train"][0]
-    assert image.shape[1] in scale_jitter_sizes(1024, (0.8, 1.2)) and image.shape[2] == round(image.shape[1] * 4 / 3)
+    assert image.shape[1] in scale_jitter_sizes(1024, (0.8, 1.2)) and image.shape[2] == round(
+        image.shape[1] * 4 / 3
+    )
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, *image.shape[1:])
     assert dm.describe()["images_without_instances"]["train"] == 1
 
@@ -182,10 +227,19 @@ def coco_set(root: Path) -> dict:
     compressed["counts"] = compressed["counts"].decode()
     uncompressed = {"size": [30, 40], "counts": [30 * 2 + 3, 4, 26, 4, 30 * 40 - (30 * 2 + 3) - 34]}
     data = {
-        "images": [{"id": i, "file_name": n, "width": 40, "height": 30} for i, n in enumerate(["a.jpg", "b.jpg", "c.jpg"], 1)],
+        "images": [
+            {"id": i, "file_name": n, "width": 40, "height": 30}
+            for i, n in enumerate(["a.jpg", "b.jpg", "c.jpg"], 1)
+        ],
         "categories": [{"id": 7, "name": "apple"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]]},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "iscrowd": 0,
+                "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]],
+            },
             {"id": 2, "image_id": 2, "category_id": 7, "iscrowd": 0, "segmentation": compressed},
             {"id": 3, "image_id": 2, "category_id": 7, "iscrowd": 0, "segmentation": uncompressed},
         ],
@@ -203,7 +257,9 @@ def test_coco_polygons_and_rle(tmp_path: Path) -> None:
     assert polygon.shape == (1, 30, 40) and polygon[0, 3:9, 3:11].all() and polygon.sum() < 11 * 9
     rle = by_name["b.jpg"].masks()
     assert rle.shape == (2, 30, 40) and rle[0, 5:15, 20:32].all() and rle[0].sum() == 120
-    assert rle[1].sum() == 8 and rle[1, 3:7, 2].all() and rle[1, 3:7, 3].all()  # uncompressed counts, column-major
+    assert (
+        rle[1].sum() == 8 and rle[1, 3:7, 2].all() and rle[1, 3:7, 3].all()
+    )  # uncompressed counts, column-major
     assert by_name["c.jpg"].masks().shape == (0, 30, 40)
     assert boxes_from_masks(torch.from_numpy(rle)).tolist()[0] == [20.0, 5.0, 32.0, 15.0]
 

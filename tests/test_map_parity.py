@@ -44,8 +44,15 @@ TRUTH = {
 }
 #: image id -> (mask, score) predictions
 PREDICTIONS = {
-    1: [(box_mask(11, 10, 20, 18, round_=True), 0.95), (box_mask(66, 44, 50, 45), 0.80), (box_mask(62, 41, 48, 44), 0.40)],
-    2: [(box_mask(45, 28, 112, 100, round_=True), 0.90), (box_mask(150, 10, 20, 20), 0.60)],  # the small apple is missed
+    1: [
+        (box_mask(11, 10, 20, 18, round_=True), 0.95),
+        (box_mask(66, 44, 50, 45), 0.80),
+        (box_mask(62, 41, 48, 44), 0.40),
+    ],
+    2: [
+        (box_mask(45, 28, 112, 100, round_=True), 0.90),
+        (box_mask(150, 10, 20, 20), 0.60),
+    ],  # the small apple is missed
     3: [(box_mask(100, 60, 40, 40), 0.70), (box_mask(10, 10, 15, 15), 0.20)],
 }
 
@@ -81,7 +88,11 @@ def pycocotools_stats(iou_type: str) -> list[float]:
         for mask, score in predictions:
             encoded = rle(mask)
             entry = {"image_id": image_id, "category_id": 1, "score": score}
-            entry.update({"segmentation": encoded} if iou_type == "segm" else {"bbox": mask_utils.toBbox(encoded).tolist()})
+            entry.update(
+                {"segmentation": encoded}
+                if iou_type == "segm"
+                else {"bbox": mask_utils.toBbox(encoded).tolist()}
+            )
             results.append(entry)
     with contextlib.redirect_stdout(io.StringIO()):
         truth.createIndex()
@@ -132,7 +143,9 @@ def test_map_equals_pycocotools_cocoeval(backend: str) -> None:
         reference = pycocotools_stats(iou_type)
         got = [float(ours[f"{iou_type}/{name}"]) for name in STATS] + [float(ours[f"{iou_type}/mAR100"])]
         assert got == pytest.approx(reference[:6] + [reference[8]], abs=1e-6), iou_type
-        assert 0 < reference[0] < reference[1] < 1 and all(v > 0 for v in reference[3:6])  # every size range scored
+        assert 0 < reference[0] < reference[1] < 1 and all(
+            v > 0 for v in reference[3:6]
+        )  # every size range scored
     assert ours["bbox/mAP"] != ours["segm/mAP"]
 
 
@@ -147,5 +160,7 @@ def test_precision_recall_f1_at_iou_half() -> None:
         # missed; image 3 one false positive -> TP 3, FP 2, FN 1
         assert (int(metric.tp), int(metric.fp), int(metric.fn)) == (3, 2, 1), iou_type
         result = metric.compute()
-        assert float(result["precision50"]) == pytest.approx(3 / 5) and float(result["recall50"]) == pytest.approx(3 / 4)
+        assert float(result["precision50"]) == pytest.approx(3 / 5) and float(
+            result["recall50"]
+        ) == pytest.approx(3 / 4)
         assert float(result["F1_50"]) == pytest.approx(2 * 0.6 * 0.75 / 1.35)
