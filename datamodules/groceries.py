@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -236,11 +237,13 @@ class GroceriesDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, samples: list[Sample], train: bool = False) -> DataLoader:
         transform = build_transform(self.image_size, train, self.augmentations, self.crop_scale)
+        per_rank = math.ceil(len(samples) / (self.trainer.world_size if self.trainer else 1))
         return DataLoader(
             ImageDataset(samples, transform, min_size=self.image_size),
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and len(samples) > self.batch_size,  # no 1-image batch for BatchNorm
+            # drop a last batch of one image (BatchNorm cannot train on it), and only that
+            drop_last=train and per_rank > self.batch_size and per_rank % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -113,7 +113,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         size = len(labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=stage != "train", batch_size=size)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=True, batch_size=size)
         if accuracy is not None:
             accuracy(logits, labels)
             self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size)
@@ -209,7 +209,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         if not self.estimators and self.trainer.is_global_zero:
             log.info("No fitted SSL estimators in this model or checkpoint: fitting them on its features now.")
-        self.log_dict(self._ssl_stage(fit=not self.estimators))
+        self.log_dict(self._ssl_stage(fit=not self.estimators), sync_dist=True)  # equal on every rank
 
     # ------------------------------------------------------------------ checkpoints
     def _restore_best_weights(self) -> Path | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,21 @@ def test_real_recipe_without_data_says_where_to_put_it(in_tmp: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"DS2GROCERIES not found: data/DS2GROCERIES/train is missing\. Put the data set"):
         cli_main(["fit", "--config", str(CONFIGS / "groceries_ssl.yaml"), "--model.weights", "null"])
     assert not Path("data").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_fits_and_tests_with_the_ssl_stage_on_rank_zero(in_tmp: Path, tiny_groceries: Path) -> None:
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false"]
+    args = [*groceries_args(tiny_groceries, "--data.batch_size", "4", *ddp)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = [sys.executable, "-m", "harvest"]
+    subprocess.run([*run, "fit", *args, "--trainer.max_epochs", "2"], env=env, check=True, capture_output=True, timeout=300)
+    (run_dir,) = Path("runs").iterdir()
+    summary = _summary(run_dir)
+    assert SSL_KEYS <= set(summary["final_metrics"]) and summary["status"] == "completed"
+    assert set(torch.load(summary["best_checkpoint"], weights_only=True)["ssl"]["estimators"]) == set(ALGORITHMS)
+
+    test = [*run, "test", *args, "--run_name", "ddp_test", "--ckpt_path", summary["best_checkpoint"]]
+    subprocess.run(test, env=env, check=True, capture_output=True, timeout=300)
+    tested = _summary(Path("runs/ddp_test"))["final_metrics"]
+    assert tested["summary/best_test_accuracy"] == pytest.approx(summary["final_metrics"]["summary/best_test_accuracy"])

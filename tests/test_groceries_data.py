@@ -80,7 +80,9 @@ def test_loaders_train_on_labeled_images_and_extract_from_all(tiny_groceries: Pa
     dm = _dm(tiny_groceries, labeled_ratio=0.5)
     dm.setup("fit")
     train = [batch for batch in dm.train_dataloader()]
-    assert sum(len(b[1]) for b in train) == 16 and all((b[1] >= 0).all() for b in train)  # 18 labeled, drop_last
+    assert [len(b[1]) for b in train] == [4, 4, 4, 4, 2] and all((b[1] >= 0).all() for b in train)  # 18 labeled
+    odd = _dm(tiny_groceries, labeled_ratio=0.5, batch_size=17)
+    assert [len(b[1]) for b in odd.train_dataloader()] == [17]  # not a batch of one image for BatchNorm
     images, targets, paths = next(iter(dm.all_train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and len(paths) == 4
     everything = torch.cat([b[1] for b in dm.all_train_dataloader()]).numpy()
