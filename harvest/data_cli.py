@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from rich.console import Console
 from rich.table import Table
 
-from harvest.dataset_card import Finding, build_card, check_dataset, short_hash
+from harvest.dataset_card import build_card, check_dataset, short_hash
 
 #: Sections of a ``fit`` config that ``harvest data`` accepts and ignores.
 _FIT_SECTIONS = ("trainer", "model", "optimizer", "lr_scheduler", "seed_everything", "ckpt_path", "run_name")
@@ -104,15 +104,11 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def findings_table(findings: list[Finding]) -> Table:
-    """The findings of a check, errors first."""
-    table = Table(title="Data check")
-    table.add_column("severity")
-    table.add_column("finding")
-    for finding in sorted(findings, key=lambda f: f.severity != "error"):
-        color = "red" if finding.severity == "error" else "yellow"
-        table.add_row(f"[{color}]{finding.severity}", finding.message)
-    return table
+def _root_cause(error: BaseException) -> BaseException:
+    """The data module's own error, not jsonargparse's wrapper around it."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -120,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     config = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
     console, errors = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
     try:
-        datamodule = parser.instantiate_classes(config)[config.command].data
+        datamodule = instantiate(config)[config.command].data
     except (OSError, ValueError) as error:
-        errors.print(f"harvest data {config.command}: {error}", highlight=False, markup=False)
+        errors.print(f"harvest data {config.command}: {_root_cause(error)}", highlight=False, markup=False)
         raise SystemExit(2) from None
     if config.command == "describe":
         try:
@@ -142,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     findings = check_dataset(datamodule, max_imbalance=config.check.max_imbalance)
     count = sum(f.severity == "error" for f in findings)
-    if findings:
-        console.print(findings_table(findings))
+    for finding in sorted(findings, key=lambda f: f.severity != "error"):  # one line each, errors first
+        color = "red" if finding.severity == "error" else "yellow"
+        console.print(f"[{color}]{finding.severity}[/{color}] ", end="")
+        console.print(finding.message, markup=False, highlight=False)
     console.print(
         f"{count} errors, {len(findings) - count} warnings in {getattr(datamodule, 'root', '')}",
         highlight=False,
