@@ -14,8 +14,18 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from callbacks.training_summary import write_json_atomic
-from datamodules.image_folder import BadImageError, ImageDataset, build_transform, class_folders, list_images, probe_image
-from datamodules.labeled_split import stratified_choice
+from datamodules.image_folder import (
+    BadImageError,
+    ImageDataset,
+    bad_image_message,
+    build_transform,
+    class_folders,
+    list_images,
+    scan_splits,
+    structure_problems,
+    unreadable_images,
+)
+from datamodules.labeled_split import make_split
 from datamodules.synthetic import write_groceries
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         synthesize: Demo only: when ``root`` does not exist, write a small synthetic grocery set there.
         skip_bad_images: Skip images that cannot be decoded (with a warning counting them) instead of failing.
         predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
+
     """
 
     pipeline = "groceries_ssl"
@@ -82,11 +93,15 @@ class GroceriesDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.predict_root = Path(predict_root) if predict_root else None
         if synthesize and not self.root.exists():
-            log.warning("data.synthesize: %s does not exist, writing a synthetic grocery set there (demo data).", self.root)
+            log.warning(
+                "data.synthesize: %s does not exist, writing a synthetic grocery set there (demo data).",
+                self.root,
+            )
             write_groceries(self.root, seed=seed)
         if not (self.root / "train").is_dir():
             raise FileNotFoundError(
-                f"DS2GROCERIES not found: {self.root / 'train'} is missing. Put the data set at {self.root} as "
+                f"DS2GROCERIES not found: {self.root / 'train'} is missing. "
+                f"Put the data set at {self.root} as "
                 "train/<class>/*.jpg, test/<class>/*.jpg (val/ optional), or point data.init_args.root at it."
             )
         self.class_names: list[str] = class_folders(self.root / "train")
@@ -100,43 +115,13 @@ class GroceriesDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ files and problems
     def _files(self) -> dict[str, dict[str, list[Path]]]:
-        """Image files per present split and class folder, straight from disk."""
-        return {
-            split: {name: list_images(self.root / split / name) for name in class_folders(self.root / split)}
-            for split in SPLITS
-            if (self.root / split).is_dir()
-        }
-
-    def _structure_problems(self, files: dict[str, dict[str, list[Path]]]) -> list[str]:
-        problems = []
-        if "test" not in files:
-            problems.append(f"{self.root / 'test'}: missing split folder; add test/<class>/ images for every class of train/.")
-        for split, classes in files.items():
-            for name in self.class_names:
-                if name not in classes:
-                    problems.append(
-                        f"{self.root / split / name}: class '{name}' is missing from split '{split}'; "
-                        "add the folder with images, or remove the class from every split."
-                    )
-            for name, images in classes.items():
-                if name not in self.class_names:
-                    problems.append(f"{self.root / split / name}: class '{name}' is not in train/; add it there or remove it.")
-                elif not images:
-                    problems.append(
-                        f"{self.root / split / name}: empty class (no .jpg/.jpeg/.png files); "
-                        "add images or remove the class from every split."
-                    )
-        return problems
+        return scan_splits(self.root, SPLITS)
 
     def check(self) -> list[str]:
         """Every problem of the data set as one-line messages (file, problem, fix); never raises."""
         files = self._files()
-        problems = self._structure_problems(files)
-        for path in self.dataset_files():
-            reason = probe_image(path)
-            if reason:
-                problems.append(f"{path}: cannot read image ({reason}); replace or delete the file.")
-        return problems
+        problems = structure_problems(self.root, self.class_names, files)
+        return problems + [bad_image_message(path, why) for path, why in unreadable_images(files)]
 
     def dataset_files(self) -> list[Path]:
         """Every image file of every split, sorted (what a content hash of the data set covers)."""
@@ -148,30 +133,30 @@ class GroceriesDataModule(pl.LightningDataModule):
         if self._train_all:
             return
         files = self._files()
-        problems = self._structure_problems(files)
+        problems = structure_problems(self.root, self.class_names, files)
         if problems:
             more = len(problems) - 1
             more = f" ({more} more problem{'s' * (more > 1)}: run `harvest data check`)" if more else ""
             raise ValueError(problems[0] + more)
-        bad = [(p, why) for classes in files.values() for images in classes.values() for p in images if (why := probe_image(p))]
+        bad = unreadable_images(files)
         if bad and not self.skip_bad_images:
-            path, why = bad[0]
-            raise BadImageError(
-                f"{path}: cannot read image ({why}); replace or delete the file, or set data.init_args.skip_bad_images: "
-                f"true to skip such files ({len(bad)} unreadable images found)."
-            )
+            raise BadImageError(f"{bad_image_message(*bad[0])} ({len(bad)} unreadable images found)")
         if bad:
             log.warning("Skipping %d unreadable images (data.skip_bad_images), e.g. %s.", len(bad), bad[0][0])
         skip = {p for p, _ in bad}
         self.samples = {
-            split: [(p, index) for index, name in enumerate(self.class_names) for p in files[split][name] if p not in skip]
+            split: [
+                (p, i) for i, name in enumerate(self.class_names) for p in files[split][name] if p not in skip
+            ]
             for split in files
         }
         for split, samples in self.samples.items():
             missing = set(range(self.num_classes)) - {label for _, label in samples}
             if missing:
                 name = self.class_names[min(missing)]
-                raise ValueError(f"{self.root / split / name}: no readable images left in class '{name}'; add images.")
+                raise ValueError(
+                    f"{self.root / split / name}: no readable images left in class '{name}'; add images."
+                )
         self._train_all = self.samples["train"]
         self._apply_split(self.split or self._new_split())
 
@@ -179,33 +164,30 @@ class GroceriesDataModule(pl.LightningDataModule):
         return path.relative_to(self.root).as_posix()
 
     def _new_split(self) -> dict[str, Any]:
-        labels = np.array([label for _, label in self._train_all])
-        held_out = np.zeros(len(labels), dtype=bool)
-        if "val" not in self.samples:
-            held_out = stratified_choice(labels, self.val_fraction, self.seed + 1, min_per_class=1, keep_per_class=1)
-        rest = np.flatnonzero(~held_out)
-        labeled = rest[stratified_choice(labels[rest], self.labeled_ratio, self.seed, min_per_class=1)]
-        return {
-            "seed": self.seed,
-            "labeled_ratio": self.labeled_ratio,
-            "val_fraction": None if "val" in self.samples else self.val_fraction,
-            "val_from_train": [self._relative(self._train_all[i][0]) for i in np.flatnonzero(held_out)],
-            "labeled": [self._relative(self._train_all[i][0]) for i in labeled],
-        }
+        return make_split(
+            [self._relative(p) for p, _ in self._train_all],
+            np.array([label for _, label in self._train_all]),
+            labeled_ratio=self.labeled_ratio,
+            val_fraction=None if "val" in self.samples else self.val_fraction,
+            seed=self.seed,
+        )
 
     def _apply_split(self, split: dict[str, Any]) -> None:
         known = {self._relative(p) for p, _ in self._train_all}
         unknown = sorted((set(split["val_from_train"]) | set(split["labeled"])) - known)
         if unknown:
             raise ValueError(
-                f"{self.root}: the saved labeled split names {len(unknown)} training images that are not there "
+                f"{self.root}: the saved labeled split names {len(unknown)} training images "
+                "that are not there "
                 f"(e.g. {unknown[0]}); use the data the split was made on, or start a new run."
             )
         held, labeled = set(split["val_from_train"]), set(split["labeled"])
         if held:
             self.samples["val"] = [s for s in self._train_all if self._relative(s[0]) in held]
         self.samples["train"] = [s for s in self._train_all if self._relative(s[0]) not in held]
-        self.labeled_mask = np.array([self._relative(p) in labeled for p, _ in self.samples["train"]], dtype=bool)
+        self.labeled_mask = np.array(
+            [self._relative(p) in labeled for p, _ in self.samples["train"]], dtype=bool
+        )
         self.split = split
         trainer = self.trainer
         if trainer is not None and not trainer.fast_dev_run and trainer.is_global_zero:
@@ -230,7 +212,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         return np.where(self.labeled_mask, self.train_true_labels(), -1)
 
     def train_true_labels(self) -> np.ndarray:
-        """True class index of every training image, in :meth:`all_train_dataloader` order (for reporting only)."""
+        """Return the true class of each image of :meth:`all_train_dataloader` (for reporting only)."""
         self._prepare()
         return np.array([label for _, label in self.samples["train"]], dtype=np.int64)
 
@@ -250,9 +232,11 @@ class GroceriesDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """The labeled training images only, augmented and shuffled (fine-tuning)."""
+        """Load the labeled training images only, augmented and shuffled (fine-tuning)."""
         self._prepare()
-        return self._loader([s for s, keep in zip(self.samples["train"], self.labeled_mask) if keep], train=True)
+        return self._loader(
+            [s for s, keep in zip(self.samples["train"], self.labeled_mask, strict=True) if keep], train=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()
@@ -263,9 +247,9 @@ class GroceriesDataModule(pl.LightningDataModule):
         return self._loader(self.samples["test"])
 
     def all_train_dataloader(self) -> DataLoader:
-        """Every training image (labeled and unlabeled) in a fixed order, with its :meth:`ssl_targets` value."""
+        """Load every training image (labeled or not) in a fixed order, with its :meth:`ssl_targets` value."""
         targets = self.ssl_targets()
-        return self._loader([(p, int(t)) for (p, _), t in zip(self.samples["train"], targets)])
+        return self._loader([(p, int(t)) for (p, _), t in zip(self.samples["train"], targets, strict=True)])
 
     def predict_dataloader(self) -> DataLoader:
         """Images under ``predict_root`` (label ``-1``), else the test split."""
@@ -273,17 +257,22 @@ class GroceriesDataModule(pl.LightningDataModule):
             return self.test_dataloader()
         images = list_images(self.predict_root, recursive=True)
         if not images:
-            raise FileNotFoundError(f"data.init_args.predict_root={self.predict_root}: no .jpg/.jpeg/.png images found there.")
+            raise FileNotFoundError(
+                f"data.init_args.predict_root={self.predict_root}: no .jpg/.jpeg/.png images found there."
+            )
         return self._loader([(p, -1) for p in images])
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
-        """The data set in numbers: splits with per-class counts and the labeled/unlabeled split (JSON-ready)."""
+        """Describe the data set: per-split and per-class counts, the labeled/unlabeled split (JSON-ready)."""
         self._prepare()
         splits = {
             split: {
                 "images": len(samples),
-                "per_class": {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(self.class_names)},
+                "per_class": {
+                    name: sum(1 for _, label in samples if label == i)
+                    for i, name in enumerate(self.class_names)
+                },
             }
             for split, samples in self.samples.items()
         }
@@ -308,6 +297,8 @@ class GroceriesDataModule(pl.LightningDataModule):
         picks = {}
         for name in self.class_names:
             images = train.get(name, [])
-            index = np.unique(np.linspace(0, len(images) - 1, num=min(per_class, len(images))).round().astype(int))
+            index = np.unique(
+                np.linspace(0, len(images) - 1, num=min(per_class, len(images))).round().astype(int)
+            )
             picks[name] = [images[i] for i in index]
         return picks

@@ -53,8 +53,16 @@ def _shape_polygon(shape: str, box: tuple[float, float, float, float]) -> list[t
     if shape == "bottle":
         w = (x1 - x0) / 4
         neck = y0 + (y1 - y0) / 3
-        return [(cx - w / 2, y0), (cx + w / 2, y0), (cx + w / 2, neck), (x1, neck + w), (x1, y1), (x0, y1), (x0, neck + w),
-                (cx - w / 2, neck)]
+        return [
+            (cx - w / 2, y0),
+            (cx + w / 2, y0),
+            (cx + w / 2, neck),
+            (x1, neck + w),
+            (x1, y1),
+            (x0, y1),
+            (x0, neck + w),
+            (cx - w / 2, neck),
+        ]
     return None
 
 
@@ -138,11 +146,14 @@ def write_groceries(
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
+
     """
     if not 1 <= num_classes <= len(PRODUCTS):
-        raise ValueError(f"num_classes={num_classes}: the synthetic grocery set has 1 to {len(PRODUCTS)} classes.")
+        raise ValueError(
+            f"num_classes={num_classes}: the synthetic grocery set has 1 to {len(PRODUCTS)} classes."
+        )
     root = Path(root)
-    counts = dict(zip(SPLITS, (train_per_class, val_per_class, test_per_class)))
+    counts = dict(zip(SPLITS, (train_per_class, val_per_class, test_per_class), strict=True))
     for split_index, split in enumerate(SPLITS):
         for class_index, product in enumerate(PRODUCTS[:num_classes]):
             if counts[split] <= 0:
@@ -151,5 +162,7 @@ def write_groceries(
             folder.mkdir(parents=True, exist_ok=True)
             for n in range(counts[split]):
                 rng = np.random.default_rng([seed, split_index, class_index, n])
-                render(product, image_size, rng).save(folder / f"{product.name}_{split}_{n:04d}.jpg", quality=90)
+                render(product, image_size, rng).save(
+                    folder / f"{product.name}_{split}_{n:04d}.jpg", quality=90
+                )
     return root

@@ -20,7 +20,7 @@ def _download_hint(name: str, weights: str) -> str:
 
 
 def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """A torchvision classifier with its last linear layer removed, and the width of its features.
+    """Build a torchvision classifier without its last linear layer; return it and its feature width.
 
     Args:
         name: Any name of :func:`torchvision.models.list_models` for classification, e.g.
@@ -30,14 +30,20 @@ def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, in
 
     Returns:
         The feature extractor (images ``[B, 3, H, W]`` -> features ``[B, D]``) and ``D``.
+
     """
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        raise ValueError(f"model.init_args.backbone={name!r} is not a torchvision classification model: choose one of {', '.join(known)}.")
+        raise ValueError(
+            f"model.init_args.backbone={name!r} is not a torchvision classification model: "
+            f"choose one of {', '.join(known)}."
+        )
     if weights is not None:
         valid = [w.name for w in torchvision.models.get_model_weights(name)] + ["DEFAULT"]
         if weights not in valid:
-            raise ValueError(f"model.init_args.weights={weights!r} does not exist for {name}: use one of {valid} or null.")
+            raise ValueError(
+                f"model.init_args.weights={weights!r} does not exist for {name}: use one of {valid} or null."
+            )
     try:
         model = torchvision.models.get_model(name, weights=weights)
     except (urllib.error.URLError, OSError, RuntimeError) as error:

@@ -16,6 +16,7 @@ def log_outside_loop(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     Args:
         trainer: The running trainer.
         metrics: Metric name -> value.
+
     """
     values = {name: float(value) for name, value in metrics.items()}
     for logger in trainer.loggers:

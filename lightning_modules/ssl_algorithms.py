@@ -59,15 +59,22 @@ class SSLResult:
 
 
 def make_estimator(name: str, params: SSLParams) -> BaseEstimator:
-    """A fresh, unfitted estimator for algorithm ``name`` (one of :data:`ALGORITHMS`)."""
-    graph = {"kernel": params.kernel, "n_neighbors": params.n_neighbors, "gamma": params.gamma, "max_iter": params.max_iter}
+    """Build a fresh, unfitted estimator for algorithm ``name`` (one of :data:`ALGORITHMS`)."""
+    graph = {
+        "kernel": params.kernel,
+        "n_neighbors": params.n_neighbors,
+        "gamma": params.gamma,
+        "max_iter": params.max_iter,
+    }
     if name == "label_propagation":
         return LabelPropagation(**graph)
     if name == "label_spreading":
         return LabelSpreading(alpha=params.alpha, **graph)
     if name == "self_training":
         return SelfTrainingClassifier(LogisticRegression(max_iter=1000), threshold=params.threshold)
-    raise ValueError(f"unknown SSL algorithm {name!r}: choose from {', '.join(ALGORITHMS)} (model.init_args.algorithms).")
+    raise ValueError(
+        f"unknown SSL algorithm {name!r}: choose from {', '.join(ALGORITHMS)} (model.init_args.algorithms)."
+    )
 
 
 def check_algorithms(names: list[str]) -> list[str]:
@@ -80,7 +87,9 @@ def check_algorithms(names: list[str]) -> list[str]:
     return list(names)
 
 
-def fit_estimators(names: list[str], params: SSLParams, features: np.ndarray, targets: np.ndarray) -> dict[str, BaseEstimator]:
+def fit_estimators(
+    names: list[str], params: SSLParams, features: np.ndarray, targets: np.ndarray
+) -> dict[str, BaseEstimator]:
     """Fit each algorithm in ``names`` on ``features``; ``targets`` holds ``-1`` for unlabeled rows."""
     if params.kernel == "knn" and params.n_neighbors >= len(features):
         raise ValueError(
@@ -94,7 +103,9 @@ def fit_estimators(names: list[str], params: SSLParams, features: np.ndarray, ta
             warnings.simplefilter("always", ConvergenceWarning)
             estimator.fit(features, targets)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log.warning("%s did not converge within max_iter=%d; its results may be poor.", name, params.max_iter)
+            log.warning(
+                "%s did not converge within max_iter=%d; its results may be poor.", name, params.max_iter
+            )
         fitted[name] = estimator
     return fitted
 
@@ -113,8 +124,14 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> SSLResult:
 
 
 def pick_best(val_results: dict[str, SSLResult]) -> str:
-    """The algorithm with the highest validation accuracy (the first listed wins a tie)."""
-    return max(val_results, key=lambda name: (np.nan_to_num(val_results[name].accuracy, nan=-1.0), -list(val_results).index(name)))
+    """Return the algorithm with the highest validation accuracy (the first listed wins a tie)."""
+    return max(
+        val_results,
+        key=lambda name: (
+            np.nan_to_num(val_results[name].accuracy, nan=-1.0),
+            -list(val_results).index(name),
+        ),
+    )
 
 
 def to_tensor(estimator: BaseEstimator) -> torch.Tensor:
@@ -159,6 +176,7 @@ def summarize(
 
     Returns:
         ``(metrics, run_results)``.
+
     """
     best = pick_best(val)
     metrics: dict[str, float] = {}
@@ -183,3 +201,23 @@ def summarize(
         "cnn_head": per_algorithm["cnn_head"],
     }
     return metrics, run_results
+
+
+def prediction_records(
+    probabilities: np.ndarray, class_names: list[str], paths: list[str] | None, algorithm: str
+) -> list[dict[str, Any]]:
+    """One record per image: path, class name and index, confidence, probabilities per class, algorithm."""
+    records = []
+    for i, row in enumerate(probabilities):
+        best = int(row.argmax())
+        records.append(
+            {
+                "path": paths[i] if paths else None,
+                "class_name": class_names[best],
+                "class_index": best,
+                "confidence": float(row[best]),
+                "probabilities": dict(zip(class_names, map(float, row), strict=True)),
+                "algorithm": algorithm,
+            }
+        )
+    return records

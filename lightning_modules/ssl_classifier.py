@@ -1,9 +1,8 @@
-"""SemiSupervisedClassifier: fine-tune a CNN on the labeled images, then fit SSL algorithms on its features."""
+"""SemiSupervisedClassifier: fine-tune a CNN on labeled images, then fit SSL algorithms on its features."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules import ssl_algorithms as ssl
 from lightning_modules.backbones import build_backbone
+from lightning_modules.checkpoint_files import amend_checkpoints, checkpoint_paths
 from lightning_modules.metric_logging import log_outside_loop
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
             ``None`` means the best on validation.
         optimizer: Optimizer of the fine-tuning.
         scheduler: Learning-rate scheduler of the fine-tuning (optional).
+
     """
 
     def __init__(
@@ -85,7 +86,10 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.algorithms = ssl.check_algorithms(list(algorithms))
         if predict_algorithm not in (None, "cnn_head", *self.algorithms):
-            raise ValueError(f"model.init_args.predict_algorithm={predict_algorithm!r}: use null, cnn_head or one of {self.algorithms}.")
+            raise ValueError(
+                f"model.init_args.predict_algorithm={predict_algorithm!r}: "
+                f"use null, cnn_head or one of {self.algorithms}."
+            )
         self.params = ssl.SSLParams(kernel, n_neighbors, gamma, alpha, max_iter, self_training_threshold)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.encoder, width = build_backbone(backbone, weights)
@@ -104,7 +108,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         return self.head(self.encoder(images))
 
     def ssl_features(self, raw: torch.Tensor) -> torch.Tensor:
-        """The features the SSL algorithms see: backbone output ``raw``, L2-normalised when configured."""
+        """Turn backbone output ``raw`` into what the SSL algorithms see (L2-normalised when configured)."""
         raw = raw.flatten(1).float()
         return F.normalize(raw, dim=1) if self.hparams.normalize_features else raw
 
@@ -113,10 +117,14 @@ class SemiSupervisedClassifier(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         size = len(labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=True, batch_size=size)
+        self.log(
+            f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=True, batch_size=size
+        )
         if accuracy is not None:
             accuracy(logits, labels)
-            self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size)
+            self.log(
+                f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size
+            )
         return loss
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
@@ -151,18 +159,26 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self.train(was_training)
         return torch.cat(features).numpy(), torch.cat(predictions).numpy(), torch.cat(targets).numpy()
 
-
     def _ssl_inputs(self) -> Any:
         datamodule = self.trainer.datamodule
-        if not all(hasattr(datamodule, name) for name in ("all_train_dataloader", "ssl_targets", "train_true_labels")):
+        if not all(
+            hasattr(datamodule, name) for name in ("all_train_dataloader", "ssl_targets", "train_true_labels")
+        ):
             raise RuntimeError(
                 "SemiSupervisedClassifier needs a data module with all_train_dataloader(), ssl_targets() and "
                 "train_true_labels(), such as datamodules.GroceriesDataModule."
             )
         return datamodule
 
-    def _evaluate_ssl(self, fit: bool) -> dict[str, Any]:
-        """Extract features, fit the algorithms when ``fit`` and evaluate them (on one process)."""
+    def _evaluate_ssl(
+        self, fit: bool
+    ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Extract features, fit the algorithms when ``fit``, evaluate them (on one process).
+
+        Returns:
+            Metrics, run results, per-algorithm test results and the estimators.
+
+        """
         datamodule = self._ssl_inputs()
         started = time.perf_counter()
         unlabeled: dict[str, ssl.SSLResult] = {}
@@ -170,28 +186,30 @@ class SemiSupervisedClassifier(pl.LightningModule):
             train_x, _, targets = self.extract(datamodule.all_train_dataloader())
             self.estimators = ssl.fit_estimators(self.algorithms, self.params, train_x, targets)
             hidden, truth = targets == -1, datamodule.train_true_labels()
-            unlabeled = {n: ssl.evaluate(e, train_x[hidden], truth[hidden]) for n, e in self.estimators.items() if hidden.any()}
+            unlabeled = {
+                n: ssl.evaluate(e, train_x[hidden], truth[hidden])
+                for n, e in self.estimators.items()
+                if hidden.any()
+            }
         val_x, _, val_y = self.extract(datamodule.val_dataloader())
         test_x, head_pred, test_y = self.extract(datamodule.test_dataloader())
         val = {name: ssl.evaluate(estimator, val_x, val_y) for name, estimator in self.estimators.items()}
         test = {name: ssl.evaluate(estimator, test_x, test_y) for name, estimator in self.estimators.items()}
         metrics, run_results = ssl.summarize(val, test, unlabeled, ssl.scores(test_y, head_pred))
-        labeled = int((datamodule.ssl_targets() >= 0).sum())
-        metrics.update({
-            "dataset/train_samples": len(datamodule.ssl_targets()),
-            "dataset/test_samples": len(test_y),
-            "data/labeled_samples": labeled,
-            "data/unlabeled_samples": len(datamodule.ssl_targets()) - labeled,
-            "timing/ssl_seconds": time.perf_counter() - started,
-        })
-        return {"metrics": metrics, "run_results": run_results, "ssl_results": test, "estimators": self.estimators}
+        targets = datamodule.ssl_targets()
+        metrics["dataset/train_samples"], metrics["dataset/test_samples"] = len(targets), len(test_y)
+        metrics["data/labeled_samples"] = int((targets >= 0).sum())
+        metrics["data/unlabeled_samples"] = int((targets < 0).sum())
+        metrics["timing/ssl_seconds"] = time.perf_counter() - started
+        return metrics, run_results, test, self.estimators
 
     def _ssl_stage(self, fit: bool) -> dict[str, float]:
         """Run :meth:`_evaluate_ssl` on global rank zero and share its results with every rank."""
         payload = self._evaluate_ssl(fit) if self.trainer.is_global_zero else None
-        payload = self.trainer.strategy.broadcast(payload, src=0)
-        self.estimators, self.ssl_results, self.run_results = payload["estimators"], payload["ssl_results"], payload["run_results"]
-        return payload["metrics"]
+        metrics, self.run_results, self.ssl_results, self.estimators = self.trainer.strategy.broadcast(
+            payload
+        )
+        return metrics
 
     def on_train_start(self) -> None:
         self.estimators = {}  # fitted on earlier features: stale once fine-tuning moves the weights
@@ -201,90 +219,88 @@ class SemiSupervisedClassifier(pl.LightningModule):
         fine_tune_seconds = time.perf_counter() - self._fit_started
         checkpoint = self._restore_best_weights()
         metrics = self._ssl_stage(fit=True)
-        metrics.update({"timing/fine_tune_seconds": fine_tune_seconds, "training/fine_tune_epochs": float(self.current_epoch)})
+        metrics["timing/fine_tune_seconds"] = fine_tune_seconds
+        metrics["training/fine_tune_epochs"] = self.current_epoch
         log_outside_loop(self.trainer, metrics)
         if checkpoint is not None:
             self._store_estimators(checkpoint)
 
     def on_test_epoch_end(self) -> None:
         if not self.estimators and self.trainer.is_global_zero:
-            log.info("No fitted SSL estimators in this model or checkpoint: fitting them on its features now.")
+            log.info(
+                "No fitted SSL estimators in this model or checkpoint: fitting them on its features now."
+            )
         self.log_dict(self._ssl_stage(fit=not self.estimators), sync_dist=True)  # equal on every rank
 
     # ------------------------------------------------------------------ checkpoints
     def _restore_best_weights(self) -> Path | None:
-        """Load the weights of the best checkpoint written during fit; its path, or ``None`` when there is none."""
-        path = Path(getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "")
-        if not path.is_file():
-            return None
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        self.load_state_dict(checkpoint["state_dict"])
-        if self.trainer.is_global_zero:
-            log.info("SSL stage on the fine-tuned weights of %s (epoch %s).", path, checkpoint.get("epoch"))
-        return path
+        """Load the weights of the best checkpoint of this fit; return its path (``None`` without one)."""
+        best, _ = checkpoint_paths(self.trainer)
+        if best is not None:
+            checkpoint = torch.load(best, map_location=self.device, weights_only=True)
+            self.load_state_dict(checkpoint["state_dict"])
+            if self.trainer.is_global_zero:
+                log.info(
+                    "SSL stage on the fine-tuned weights of %s (epoch %s).", best, checkpoint.get("epoch")
+                )
+        return best
 
     def _store_estimators(self, best: Path) -> None:
-        """Add the fitted estimators to the checkpoint they were fitted on (and to last.ckpt when it is the same step)."""
+        """Add the fitted estimators to their checkpoint (and to last.ckpt when it is the same step)."""
         if self.trainer.is_global_zero:
-            last = Path(getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "")
-            step = None
-            for path in dict.fromkeys(p for p in (best, last) if p.is_file()):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-                step = checkpoint.get("global_step") if step is None else step
-                if checkpoint.get("global_step") == step:
-                    self.on_save_checkpoint(checkpoint)
-                    torch.save(checkpoint, path.with_name(path.name + ".tmp"))
-                    os.replace(path.with_name(path.name + ".tmp"), path)
+            _, last = checkpoint_paths(self.trainer)
+            amend_checkpoints([best, *([last] if last else [])], self.on_save_checkpoint)
         self.trainer.strategy.barrier()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.get("hyper_parameters")
         if hparams and hparams.get("weights"):
-            hparams["weights"] = None  # the trained weights are in the checkpoint: loading it must not fetch the initial ones
+            # the trained weights are in the checkpoint: loading it must not fetch the initial ones
+            hparams["weights"] = None
         if self.estimators:
             if self._serialized[0] is not self.estimators:  # skops is slow: once per set of fitted estimators
-                self._serialized = (self.estimators, {name: ssl.to_tensor(e) for name, e in self.estimators.items()})
+                self._serialized = (
+                    self.estimators,
+                    {name: ssl.to_tensor(e) for name, e in self.estimators.items()},
+                )
             checkpoint[CHECKPOINT_KEY] = {"estimators": self._serialized[1], "run_results": self.run_results}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY)
         if stored:
-            self.estimators = {name: ssl.from_tensor(data, name) for name, data in stored["estimators"].items()}
+            self.estimators = {
+                name: ssl.from_tensor(data, name) for name, data in stored["estimators"].items()
+            }
             self.run_results = dict(stored["run_results"])
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
-    def classify(self, images: torch.Tensor, paths: list[str] | None = None, algorithm: str | None = None) -> list[dict[str, Any]]:
+    def classify(
+        self, images: torch.Tensor, paths: list[str] | None = None, algorithm: str | None = None
+    ) -> list[dict[str, Any]]:
         """Class name, confidence and probabilities of each image (call ``eval()`` first outside a Trainer).
 
         Args:
             images: Normalised images ``[B, 3, H, W]`` as the data module's evaluation transform makes them.
             paths: Where the images came from, copied into the results.
             algorithm: ``cnn_head`` or a fitted algorithm; default ``predict_algorithm``, else the best one.
+
         """
         algorithm = algorithm or self.hparams.predict_algorithm or self.run_results.get("best_algorithm")
         raw = self.encoder(images.to(self.device))
         if algorithm == "cnn_head":
             probabilities = self.head(raw).float().softmax(1).cpu().numpy()
         elif algorithm in self.estimators:
-            probabilities = ssl.predict_proba(self.estimators[algorithm], self.ssl_features(raw).cpu().numpy(), self.hparams.num_classes)
+            probabilities = ssl.predict_proba(
+                self.estimators[algorithm], self.ssl_features(raw).cpu().numpy(), self.hparams.num_classes
+            )
         else:
             raise RuntimeError(
-                f"no fitted SSL estimator {algorithm!r}: fit first, load a checkpoint written at the end of fit, "
+                f"no fitted SSL estimator {algorithm!r}: fit first, "
+                "load a checkpoint written at the end of fit, "
                 "or set model.init_args.predict_algorithm: cnn_head."
             )
-        results = []
-        for i, row in enumerate(probabilities):
-            best = int(row.argmax())
-            results.append({
-                "path": paths[i] if paths else None,
-                "class_name": self.class_names[best],
-                "class_index": best,
-                "confidence": float(row[best]),
-                "probabilities": dict(zip(self.class_names, map(float, row))),
-                "algorithm": algorithm,
-            })
-        return results
+        return ssl.prediction_records(probabilities, self.class_names, paths, algorithm)
 
     def predict_step(self, batch: tuple, batch_idx: int) -> list[dict[str, Any]]:
         images, _, paths = batch

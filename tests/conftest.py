@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_server import mlflow_server  # noqa: F401 - a real `mlflow server` fixture for any test
 
 from harvest.run_setup import RUN_NAME_ENV
-from mlflow_server import mlflow_server  # noqa: F401 - a real `mlflow server` fixture for any test
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-GROCERIES = [f"--config={CONFIGS / 'groceries_ssl.yaml'}", f"--config={CONFIGS / 'demo' / 'groceries_cpu.yaml'}"]
+GROCERIES = [
+    f"--config={CONFIGS / 'groceries_ssl.yaml'}",
+    f"--config={CONFIGS / 'demo' / 'groceries_cpu.yaml'}",
+]
 
 
 def clear_run_name() -> None:
@@ -29,13 +32,39 @@ def clear_run_name() -> None:
         os.environ.pop(name, None)
 
 
+def forget_mlflow_stores() -> None:
+    """Drop MLflow's per-process caches of stores and database engines.
+
+    MLflow caches stores and SQLAlchemy engines per URI string, so after a ``chdir`` the shipped
+    relative URI ``sqlite:///mlflow.db`` would still write into the database of the folder where
+    the process first used it. Users run one folder per process; tests change folders.
+    """
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for store in (TrackingSqlStore, RegistrySqlStore):
+        relative = [
+            uri
+            for uri in store._engine_map
+            if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+        ]
+        for uri in relative:
+            store._engine_map.pop(uri).dispose()
+
+
 @pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run the test inside ``tmp_path`` (``runs/``, ``mlflow.db`` and ``data/`` land there)."""
     monkeypatch.chdir(tmp_path)
     for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    forget_mlflow_stores()
+    yield tmp_path
+    forget_mlflow_stores()
 
 
 def copy_of(root: Path, destination: Path) -> Path:
@@ -50,13 +79,25 @@ def tiny_groceries(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datamodules.synthetic import write_groceries
 
     root = tmp_path_factory.mktemp("groceries") / "DS2GROCERIES"
-    return write_groceries(root, num_classes=3, train_per_class=12, val_per_class=3, test_per_class=5, image_size=32)
+    return write_groceries(
+        root, num_classes=3, train_per_class=12, val_per_class=3, test_per_class=5, image_size=32
+    )
 
 
 def groceries_args(root: Path, *extra: str) -> list[str]:
     """CLI arguments of the demo recipe on ``root`` with tiny images (subcommand not included)."""
-    return [*GROCERIES, "--data.root", str(root), "--data.image_size", "32", "--data.batch_size", "8",
-            "--trainer.enable_model_summary", "false", *extra]
+    return [
+        *GROCERIES,
+        "--data.root",
+        str(root),
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "8",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
 
 
 @dataclass
@@ -81,8 +122,10 @@ def grocery_run(tmp_path_factory: pytest.TempPathFactory, tiny_groceries: Path) 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         clear_run_name()
+        forget_mlflow_stores()
         cli = cli_main(["fit", *groceries_args(tiny_groceries, "--trainer.max_epochs", "2")])
         clear_run_name()
+        forget_mlflow_stores()
     yield GroceryRun(workdir=workdir, run_dir=workdir / cli.trainer.default_root_dir, cli=cli)
 
 
@@ -96,10 +139,24 @@ def tiny_orchard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datamodules.synthetic_orchard import SyntheticOrchard
 
     root = tmp_path_factory.mktemp("orchard") / "Fuji-SfM"
-    return SyntheticOrchard(train_images=8, val_images=3, width=96, height=72, empty_fraction=0.15, seed=1).write(root)
+    return SyntheticOrchard(
+        train_images=8, val_images=3, width=96, height=72, empty_fraction=0.15, seed=1
+    ).write(root)
 
 
 def fuji_args(root: Path, *extra: str) -> list[str]:
     """CLI arguments of the Fuji demo recipe on ``root`` at 72x96 pixels (subcommand not included)."""
-    return [*FUJI, "--data.root", str(root), "--data.min_size", "72", "--data.max_size", "96",
-            "--data.batch_size", "2", "--trainer.enable_model_summary", "false", *extra]
+    return [
+        *FUJI,
+        "--data.root",
+        str(root),
+        "--data.min_size",
+        "72",
+        "--data.max_size",
+        "96",
+        "--data.batch_size",
+        "2",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]

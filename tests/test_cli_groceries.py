@@ -19,8 +19,13 @@ from lightning_modules import ssl_algorithms
 
 ALGORITHMS = ssl_algorithms.ALGORITHMS
 SSL_KEYS = {f"{a}/{m}" for a in ALGORITHMS for m in ("test_accuracy", "f1_score")} | {
-    "summary/best_test_accuracy", "dataset/train_samples", "dataset/test_samples", "data/labeled_samples",
-    "data/unlabeled_samples", "timing/fine_tune_seconds", "training/fine_tune_epochs",
+    "summary/best_test_accuracy",
+    "dataset/train_samples",
+    "dataset/test_samples",
+    "data/labeled_samples",
+    "data/unlabeled_samples",
+    "timing/fine_tune_seconds",
+    "training/fine_tune_epochs",
 }
 
 
@@ -43,7 +48,12 @@ def fit_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 def test_fast_dev_run_goes_through_the_whole_pipeline(in_tmp: Path, tiny_groceries: Path) -> None:
-    cli = cli_main(["fit", *groceries_args(tiny_groceries, "--trainer.fast_dev_run", "true", "--trainer.logger", "false")])
+    cli = cli_main(
+        [
+            "fit",
+            *groceries_args(tiny_groceries, "--trainer.fast_dev_run", "true", "--trainer.logger", "false"),
+        ]
+    )
     run_dir = Path(cli.trainer.default_root_dir)
     summary = _summary(run_dir)
     assert SSL_KEYS <= set(summary["final_metrics"]) and summary["results"]["best_algorithm"] in ALGORITHMS
@@ -54,7 +64,11 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
     run_dir, cli = grocery_run.run_dir, grocery_run.cli
     summary = _summary(run_dir)
     metrics = summary["final_metrics"]
-    assert summary["status"] == "completed" and summary["epochs_trained"] == 2 and summary["monitor"] == "val/accuracy"
+    assert (
+        summary["status"] == "completed"
+        and summary["epochs_trained"] == 2
+        and summary["monitor"] == "val/accuracy"
+    )
     assert SSL_KEYS <= set(metrics) and metrics["training/fine_tune_epochs"] == 2
     assert metrics["dataset/train_samples"] == 36 and metrics["dataset/test_samples"] == 15
     assert metrics["data/labeled_samples"] + metrics["data/unlabeled_samples"] == 36
@@ -67,13 +81,17 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
     assert set(checkpoint["ssl"]["estimators"]) == set(ALGORITHMS)
     assert checkpoint["ssl"]["run_results"]["best_algorithm"] == best
     split = json.loads((run_dir / "data_split.json").read_text())
-    assert checkpoint["GroceriesDataModule"]["split"] == split and len(split["labeled"]) == 12  # 30% of 12, per class
+    assert (
+        checkpoint["GroceriesDataModule"]["split"] == split and len(split["labeled"]) == 12
+    )  # 30% of 12, per class
 
     # what was logged after training reached the trackers too
     client = MlflowClient(f"sqlite:///{grocery_run.workdir / 'mlflow.db'}")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("groceries_ssl").experiment_id])
     assert mlflow_run.info.run_name == run_dir.name
-    assert mlflow_run.data.metrics["summary/best_test_accuracy"] == pytest.approx(metrics["summary/best_test_accuracy"])
+    assert mlflow_run.data.metrics["summary/best_test_accuracy"] == pytest.approx(
+        metrics["summary/best_test_accuracy"]
+    )
     events = EventAccumulator(str(run_dir)).Reload()
     assert {f"{a}/test_accuracy" for a in ALGORITHMS} <= set(events.Tags()["scalars"])
 
@@ -82,7 +100,9 @@ def test_test_reuses_the_checkpoint_estimators(
     in_tmp: Path, grocery_run: GroceryRun, tiny_groceries: Path, fit_calls: list
 ) -> None:
     ckpt = grocery_run.best_checkpoint
-    cli = cli_main(["test", *groceries_args(tiny_groceries, "--trainer.logger", "false"), "--ckpt_path", str(ckpt)])
+    cli = cli_main(
+        ["test", *groceries_args(tiny_groceries, "--trainer.logger", "false"), "--ckpt_path", str(ckpt)]
+    )
     assert fit_calls == []
     fitted = _summary(grocery_run.run_dir)["final_metrics"]
     tested = _summary(Path(cli.trainer.default_root_dir))["final_metrics"]
@@ -93,16 +113,23 @@ def test_test_reuses_the_checkpoint_estimators(
     checkpoint = torch.load(ckpt, weights_only=True)
     del checkpoint["ssl"]
     torch.save(checkpoint, in_tmp / "bare.ckpt")
-    cli = cli_main(["test", *groceries_args(tiny_groceries, "--trainer.logger", "false"), "--ckpt_path", "bare.ckpt"])
+    cli = cli_main(
+        ["test", *groceries_args(tiny_groceries, "--trainer.logger", "false"), "--ckpt_path", "bare.ckpt"]
+    )
     assert fit_calls == [list(ALGORITHMS)]
     assert {f"{a}/test_accuracy" for a in ALGORITHMS} <= set(cli.trainer.callback_metrics)
 
 
-def test_without_loggers_the_summary_is_still_written_and_predict_returns_classes(in_tmp: Path, tiny_groceries: Path) -> None:
+def test_without_loggers_the_summary_is_still_written_and_predict_returns_classes(
+    in_tmp: Path, tiny_groceries: Path
+) -> None:
     args = groceries_args(tiny_groceries, "--trainer.logger", "false", "--trainer.max_epochs", "1")
     cli = cli_main(["fit", *args, "--model.algorithms", "[label_spreading]"])
     summary = _summary(Path(cli.trainer.default_root_dir))
-    assert summary["results"]["best_algorithm"] == "label_spreading" and "label_spreading/f1_score" in summary["final_metrics"]
+    assert (
+        summary["results"]["best_algorithm"] == "label_spreading"
+        and "label_spreading/f1_score" in summary["final_metrics"]
+    )
     assert Path(summary["best_checkpoint"]).is_file()
 
     cli = cli_main(["predict", *args, "--ckpt_path", summary["best_checkpoint"]])
@@ -110,28 +137,54 @@ def test_without_loggers_the_summary_is_still_written_and_predict_returns_classe
     assert len(predictions) == 15 and predictions[0]["algorithm"] == "label_spreading"
     first = predictions[0]
     assert first["class_name"] in ("apple", "banana", "bread") and Path(first["path"]).is_file()
-    assert first["confidence"] == max(first["probabilities"].values()) and sum(first["probabilities"].values()) == pytest.approx(1)
+    assert first["confidence"] == max(first["probabilities"].values()) and sum(
+        first["probabilities"].values()
+    ) == pytest.approx(1)
 
 
 def test_real_recipe_without_data_says_where_to_put_it(in_tmp: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"DS2GROCERIES not found: data/DS2GROCERIES/train is missing\. Put the data set"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"DS2GROCERIES not found: data/DS2GROCERIES/train is missing\. Put the data set",
+    ):
         cli_main(["fit", "--config", str(CONFIGS / "groceries_ssl.yaml"), "--model.weights", "null"])
     assert not Path("data").exists()
 
 
 @pytest.mark.slow
-def test_ddp_on_cpu_fits_and_tests_with_the_ssl_stage_on_rank_zero(in_tmp: Path, tiny_groceries: Path) -> None:
-    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false"]
+def test_ddp_on_cpu_fits_and_tests_with_the_ssl_stage_on_rank_zero(
+    in_tmp: Path, tiny_groceries: Path
+) -> None:
+    ddp = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.logger",
+        "false",
+    ]
     args = [*groceries_args(tiny_groceries, "--data.batch_size", "4", *ddp)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     run = [sys.executable, "-m", "harvest"]
-    subprocess.run([*run, "fit", *args, "--trainer.max_epochs", "2"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*run, "fit", *args, "--trainer.max_epochs", "2"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (run_dir,) = Path("runs").iterdir()
     summary = _summary(run_dir)
     assert SSL_KEYS <= set(summary["final_metrics"]) and summary["status"] == "completed"
-    assert set(torch.load(summary["best_checkpoint"], weights_only=True)["ssl"]["estimators"]) == set(ALGORITHMS)
+    assert set(torch.load(summary["best_checkpoint"], weights_only=True)["ssl"]["estimators"]) == set(
+        ALGORITHMS
+    )
 
     test = [*run, "test", *args, "--run_name", "ddp_test", "--ckpt_path", summary["best_checkpoint"]]
     subprocess.run(test, env=env, check=True, capture_output=True, timeout=300)
     tested = _summary(Path("runs/ddp_test"))["final_metrics"]
-    assert tested["summary/best_test_accuracy"] == pytest.approx(summary["final_metrics"]["summary/best_test_accuracy"])
+    assert tested["summary/best_test_accuracy"] == pytest.approx(
+        summary["final_metrics"]["summary/best_test_accuracy"]
+    )

@@ -1,4 +1,4 @@
-"""Every YAML in ``configs/`` parses, composed the way its own header says, and the grocery configs instantiate.
+"""Every YAML in ``configs/`` parses, composed as its header says; the grocery configs instantiate.
 
 The rule, for every file: a pipeline config at the top of ``configs/`` parses alone; any other file
 names how it is used in a header comment line such as
@@ -57,18 +57,25 @@ def _cases() -> list:
 
 
 @pytest.mark.parametrize(("name", "chain"), _cases())
-def test_every_config_parses_as_its_header_says(name: str, chain: list[str] | None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_config_parses_as_its_header_says(
+    name: str, chain: list[str] | None, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = REPO / name
     if chain is None:
         OTHER_FORMATS[path.parent.relative_to(CONFIGS).as_posix()](path)
         return
-    assert chain, f"{name}: add a header line `#   harvest fit --config <pipeline config> --config {name}` saying how it is used"
+    assert chain, (
+        f"{name}: add a header line `#   harvest fit --config <pipeline config> --config {name}` "
+        "saying how it is used"
+    )
     args = [arg for config in chain for arg in ("--config", str(REPO / config))]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", *args, "--print_config"])
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["model"]["class_path"] and resolved["data"]["class_path"], f"{' + '.join(chain)} names no model or data"
+    assert resolved["model"]["class_path"] and resolved["data"]["class_path"], (
+        f"{' + '.join(chain)} names no model or data"
+    )
 
 
 def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: Path) -> None:
@@ -78,7 +85,11 @@ def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: 
     assert isinstance(real.datamodule, GroceriesDataModule) and real.datamodule.labeled_ratio == 0.3
     model = real.model
     assert isinstance(model, SemiSupervisedClassifier) and model.hparams.backbone == "resnet50"
-    assert model.hparams.num_classes == 3 and model.class_names == ["apple", "banana", "bread"]  # linked from the data
+    assert model.hparams.num_classes == 3 and model.class_names == [
+        "apple",
+        "banana",
+        "bread",
+    ]  # linked from the data
     callbacks = {type(c): c for c in real.trainer.callbacks}
     assert callbacks[ModelCheckpoint].monitor == "val/accuracy" and callbacks[ModelCheckpoint].save_last
     assert callbacks[EarlyStopping].monitor == "val/accuracy" and callbacks[EarlyStopping].mode == "max"
@@ -86,10 +97,21 @@ def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: 
     assert {RichProgressBar, TrainingSummary, RunReport} <= set(callbacks)
     assert callbacks[RunReport].metrics == ["*/test_accuracy", "*/f1_score"]
 
-    demo = HarvestCLI(args=["--config", base, "--config", str(CONFIGS / "demo" / "groceries_cpu.yaml"), *tiny], run=False)
+    demo = HarvestCLI(
+        args=["--config", base, "--config", str(CONFIGS / "demo" / "groceries_cpu.yaml"), *tiny], run=False
+    )
     assert demo.model.hparams.backbone == "resnet18" and demo.model.hparams.weights is None
     assert demo.datamodule.image_size == 64 and demo.trainer.max_epochs == 6
     shipped = yaml.safe_load(Path(base).read_text())
-    loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
-    assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"
-    assert shipped["trainer"]["precision"] == "bf16-mixed" and shipped["data"]["init_args"]["root"] == "data/DS2GROCERIES"
+    loggers = {
+        item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {})
+        for item in shipped["trainer"]["logger"]
+    }
+    assert (
+        loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db"
+        and loggers["TensorBoardLogger"]["save_dir"] == "runs"
+    )
+    assert (
+        shipped["trainer"]["precision"] == "bf16-mixed"
+        and shipped["data"]["init_args"]["root"] == "data/DS2GROCERIES"
+    )

@@ -24,7 +24,7 @@ def _dm(root: Path, **kwargs) -> GroceriesDataModule:
 
 def _labeled(dm: GroceriesDataModule) -> set[str]:
     dm.setup("fit")
-    return {str(p) for (p, _), keep in zip(dm.samples["train"], dm.labeled_mask) if keep}
+    return {str(p) for (p, _), keep in zip(dm.samples["train"], dm.labeled_mask, strict=True) if keep}
 
 
 def test_classes_are_sorted_folder_names_shared_by_every_split(tiny_groceries: Path) -> None:
@@ -36,7 +36,9 @@ def test_classes_are_sorted_folder_names_shared_by_every_split(tiny_groceries: P
             assert path.parent.name == dm.class_names[label]
 
 
-def test_labeled_split_is_stratified_seeded_and_has_one_label_per_class_at_least(tiny_groceries: Path) -> None:
+def test_labeled_split_is_stratified_seeded_and_has_one_label_per_class_at_least(
+    tiny_groceries: Path,
+) -> None:
     dm = _dm(tiny_groceries, labeled_ratio=0.25, seed=3)
     labeled = _labeled(dm)
     per_class = {name: sum(Path(p).parent.name == name for p in labeled) for name in dm.class_names}
@@ -59,7 +61,9 @@ def test_stratified_choice_respects_limits() -> None:
 
 
 def test_validation_is_split_from_train_when_val_is_missing(tmp_path: Path) -> None:
-    root = write_groceries(tmp_path / "g", num_classes=2, train_per_class=10, val_per_class=0, test_per_class=2, image_size=16)
+    root = write_groceries(
+        tmp_path / "g", num_classes=2, train_per_class=10, val_per_class=0, test_per_class=2, image_size=16
+    )
     dm = _dm(root, val_fraction=0.2)
     dm.setup("fit")
     val = {str(p) for p, _ in dm.samples["val"]}
@@ -71,7 +75,9 @@ def test_split_is_kept_in_the_state_dict(tiny_groceries: Path) -> None:
     first = _dm(tiny_groceries, seed=1)
     first.setup("fit")
     other = _dm(tiny_groceries, seed=2)
-    other.load_state_dict(json.loads(json.dumps(first.state_dict())))  # what a checkpoint carries is plain data
+    other.load_state_dict(
+        json.loads(json.dumps(first.state_dict()))
+    )  # what a checkpoint carries is plain data
     other.setup("fit")
     assert np.array_equal(other.labeled_mask, first.labeled_mask)
 
@@ -80,7 +86,9 @@ def test_loaders_train_on_labeled_images_and_extract_from_all(tiny_groceries: Pa
     dm = _dm(tiny_groceries, labeled_ratio=0.5)
     dm.setup("fit")
     train = [batch for batch in dm.train_dataloader()]
-    assert [len(b[1]) for b in train] == [4, 4, 4, 4, 2] and all((b[1] >= 0).all() for b in train)  # 18 labeled
+    assert [len(b[1]) for b in train] == [4, 4, 4, 4, 2] and all(
+        (b[1] >= 0).all() for b in train
+    )  # 18 labeled
     odd = _dm(tiny_groceries, labeled_ratio=0.5, batch_size=17)
     assert [len(b[1]) for b in odd.train_dataloader()] == [17]  # not a batch of one image for BatchNorm
     images, targets, paths = next(iter(dm.all_train_dataloader()))
@@ -119,7 +127,8 @@ def test_synthesize_writes_the_demo_set_and_says_so(
         dm = _dm(tmp_path / "synthetic", synthesize=True)
     assert dm.num_classes == 6 and (tmp_path / "synthetic" / "test" / "milk").is_dir()
     assert [r.getMessage() for r in caplog.records] == [
-        f"data.synthesize: {tmp_path / 'synthetic'} does not exist, writing a synthetic grocery set there (demo data)."
+        f"data.synthesize: {tmp_path / 'synthetic'} does not exist, "
+        "writing a synthetic grocery set there (demo data)."
     ]
 
 
@@ -131,9 +140,12 @@ def test_empty_class_and_class_missing_from_a_split_are_named(tiny_groceries: Pa
     dm = _dm(root)
     with pytest.raises(ValueError, match="empty class") as error:
         dm.setup("fit")
-    assert str(error.value).startswith(str(root / "val" / "banana")) and "(1 more problem: run `harvest data check`)" in str(error.value)
+    assert str(error.value).startswith(
+        str(root / "val" / "banana")
+    ) and "(1 more problem: run `harvest data check`)" in str(error.value)
     assert dm.check() == [
-        f"{root / 'val' / 'banana'}: empty class (no .jpg/.jpeg/.png files); add images or remove the class from every split.",
+        f"{root / 'val' / 'banana'}: empty class (no .jpg/.jpeg/.png files); "
+        "add images or remove the class from every split.",
         f"{root / 'test' / 'bread'}: class 'bread' is missing from split 'test'; "
         "add the folder with images, or remove the class from every split.",
     ]
@@ -149,7 +161,11 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped_with_a_count(
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(BadImageError, match="cannot read image") as error:
         _dm(root).setup("fit")
-    assert str(bad) in str(error.value) and "skip_bad_images" in str(error.value) and "2 unreadable" in str(error.value)
+    assert (
+        str(bad) in str(error.value)
+        and "skip_bad_images" in str(error.value)
+        and "2 unreadable" in str(error.value)
+    )
     assert sorted(p.split(":")[0] for p in _dm(root).check()) == sorted([str(bad), str(truncated)])
 
     monkeypatch.setattr(logging.getLogger("datamodules"), "propagate", True)

@@ -1,4 +1,4 @@
-"""SemiSupervisedClassifier and its scikit-learn side: algorithms, safe serialisation, backbones, reloading."""
+"""SemiSupervisedClassifier and its scikit-learn side: algorithms, safe serialisation, backbones, reload."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def test_each_algorithm_learns_separable_features_from_few_labels(name: str) -> 
     assert result.accuracy > 0.95 and result.f1 > 0.95
     assert result.y_pred.dtype == np.int64 and result.y_true.shape == (160,)
     probabilities = ssl.predict_proba(estimator, x_test[:5], num_classes=5)  # a class never seen gets 0
-    assert probabilities.shape == (5, 5) and np.allclose(probabilities.sum(1), 1) and (probabilities[:, 4] == 0).all()
+    assert (
+        probabilities.shape == (5, 5)
+        and np.allclose(probabilities.sum(1), 1)
+        and (probabilities[:, 4] == 0).all()
+    )
 
 
 def test_estimators_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
@@ -51,7 +55,10 @@ def test_estimators_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
 
 def test_untrusted_types_are_refused() -> None:
     estimator = FunctionTransformer(os.getcwd)  # a function call hidden in an "estimator"
-    with pytest.raises(ValueError, match=r"refusing to load the evil estimator: it contains untrusted types \['posix.getcwd'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"refusing to load the evil estimator: it contains untrusted types \['posix.getcwd'\]",
+    ):
         ssl.from_tensor(ssl.to_tensor(estimator), "evil")
 
 
@@ -65,7 +72,10 @@ def test_best_algorithm_is_chosen_on_validation_and_metrics_are_named_like_the_s
     assert results["best_algorithm"] == "label_spreading"  # first of the tied best on validation, not on test
     assert metrics["summary/best_test_accuracy"] == 0.7 == results["best_test_accuracy"]
     assert metrics["label_propagation/test_accuracy"] == 0.95 and metrics["self_training/f1_score"] == 0.3
-    assert metrics["cnn_head/test_accuracy"] == 0.5 and results["algorithms"]["label_spreading"]["val_accuracy"] == 0.9
+    assert (
+        metrics["cnn_head/test_accuracy"] == 0.5
+        and results["algorithms"]["label_spreading"]["val_accuracy"] == 0.9
+    )
     with pytest.raises(ValueError, match="choose one or more of label_propagation"):
         ssl.check_algorithms(["label_smoothing"])
 
@@ -73,18 +83,26 @@ def test_best_algorithm_is_chosen_on_validation_and_metrics_are_named_like_the_s
 def test_backbone_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'resnet9' is not a torchvision classification model"):
         build_backbone("resnet9")
-    with pytest.raises(ValueError, match=r"weights='IMAGENET' does not exist for resnet18: use one of \['IMAGENET1K_V1'"):
+    with pytest.raises(
+        ValueError, match=r"weights='IMAGENET' does not exist for resnet18: use one of \['IMAGENET1K_V1'"
+    ):
         build_backbone("resnet18", "IMAGENET")
 
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # stands in for a machine without internet
+    monkeypatch.setattr(
+        torch.hub, "load_state_dict_from_url", offline
+    )  # stands in for a machine without internet
     with pytest.raises(RuntimeError) as error:
         build_backbone("resnet18", "IMAGENET1K_V1")
     message = str(error.value)
-    assert "\n" not in message and "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert (
+        "\n" not in message
+        and "resnet18-f37072fd.pth" in message
+        and str(tmp_path / "hub" / "checkpoints") in message
+    )
     assert "model.init_args.weights: null" in message
     backbone, width = build_backbone("efficientnet_b0")
     assert width == 1280 and backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 1280)
@@ -100,16 +118,26 @@ def test_predicting_needs_fitted_estimators_unless_the_cnn_head_is_asked() -> No
     assert first["class_name"] == max(first["probabilities"], key=first["probabilities"].get)
     checkpoint = {"hyper_parameters": {"weights": "IMAGENET1K_V1", "backbone": "resnet18"}}
     model.on_save_checkpoint(checkpoint)
-    assert checkpoint["hyper_parameters"]["weights"] is None  # loading trained weights never downloads initial ones
+    assert (
+        checkpoint["hyper_parameters"]["weights"] is None
+    )  # loading trained weights never downloads initial ones
 
 
 def test_load_from_checkpoint_gives_a_ready_predictor(grocery_run: GroceryRun) -> None:
     trained = grocery_run.cli.model.eval()
-    loaded = SemiSupervisedClassifier.load_from_checkpoint(grocery_run.best_checkpoint, weights_only=True, map_location="cpu")
+    loaded = SemiSupervisedClassifier.load_from_checkpoint(
+        grocery_run.best_checkpoint, weights_only=True, map_location="cpu"
+    )
     loaded.eval()
-    assert set(loaded.estimators) == set(ssl.ALGORITHMS) and loaded.class_names == ["apple", "banana", "bread"]
+    assert set(loaded.estimators) == set(ssl.ALGORITHMS) and loaded.class_names == [
+        "apple",
+        "banana",
+        "bread",
+    ]
     assert loaded.run_results["best_algorithm"] == trained.run_results["best_algorithm"]
-    data = GroceriesDataModule(root=str(grocery_run.cli.datamodule.root), image_size=32, num_workers=0, batch_size=15)
+    data = GroceriesDataModule(
+        root=str(grocery_run.cli.datamodule.root), image_size=32, num_workers=0, batch_size=15
+    )
     images, _, paths = next(iter(data.test_dataloader()))
     with torch.no_grad():
         for algorithm in (None, "self_training", "cnn_head"):
