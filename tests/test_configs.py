@@ -19,7 +19,7 @@ import yaml
 from conftest import CONFIGS, REPO
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from callbacks import RunReport, TrainingSummary
+from callbacks import ModelRegistryUpload, RunReport, TrainingSummary
 from datamodules import GroceriesDataModule
 from harvest.cli import HarvestCLI, cli_main
 from lightning_modules import SemiSupervisedClassifier
@@ -102,6 +102,8 @@ def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: 
     )
     assert demo.model.hparams.backbone == "resnet18" and demo.model.hparams.weights is None
     assert demo.datamodule.image_size == 64 and demo.trainer.max_epochs == 6
+    (upload,) = [c for c in demo.trainer.callbacks if isinstance(c, ModelRegistryUpload)]  # make demo registers it
+    assert upload.name == "grocery-ssl-classifier" and upload.promote_to_staging
     shipped = yaml.safe_load(Path(base).read_text())
     loggers = {
         item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {})
