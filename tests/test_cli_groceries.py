@@ -135,6 +135,8 @@ def test_without_loggers_the_summary_is_still_written_and_predict_returns_classe
     cli = cli_main(["predict", *args, "--ckpt_path", summary["best_checkpoint"]])
     predictions = [p for batch in cli.trainer.predict_loop.predictions for p in batch]
     assert len(predictions) == 15 and predictions[0]["algorithm"] == "label_spreading"
+    written = (Path(cli.trainer.default_root_dir) / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in written] == predictions
     first = predictions[0]
     assert first["class_name"] in ("apple", "banana", "bread") and Path(first["path"]).is_file()
     assert first["confidence"] == max(first["probabilities"].values()) and sum(

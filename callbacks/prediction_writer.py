@@ -1,0 +1,71 @@
+"""Write what ``harvest predict`` returns into the run directory, one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Append every record ``predict_step`` returns (a list of dicts) to ``<run dir>/predictions.jsonl``.
+
+    Tensors and numpy values become lists and numbers. Under DDP every rank writes its own file,
+    ``predictions.rank<N>.jsonl``.
+
+    Args:
+        filename: File name inside the run directory.
+
+    """
+
+    def __init__(self, filename: str = "predictions.jsonl") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self.count = 0
+
+    def _path(self, trainer: pl.Trainer) -> Path:
+        path = Path(trainer.default_root_dir) / self.filename
+        return (
+            path.with_suffix(f".rank{trainer.global_rank}{path.suffix}") if trainer.world_size > 1 else path
+        )
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.count = 0
+        self._path(trainer).parent.mkdir(parents=True, exist_ok=True)
+        self._path(trainer).write_text("")
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        records = prediction if isinstance(prediction, list) else [prediction]
+        with self._path(trainer).open("a") as file:
+            for record in records:
+                file.write(json.dumps(record, default=_plain) + "\n")
+        self.count += len(records)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info("%d predictions written to %s", self.count, self._path(trainer))
