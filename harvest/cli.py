@@ -73,12 +73,33 @@ class HarvestCLI(LightningCLI):
             raise
 
 
+def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """Split a tool's arguments at ``--``: its own, then those passed on to every ``harvest`` run it starts."""
+    argv = list(argv or [])
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def configure_logging() -> None:
     """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr."""
     for name in ("harvest", "callbacks", "datamodules", "lightning_modules"):
         logger = logging.getLogger(name)
         if not logger.handlers:
-            handler = logging.StreamHandler()
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)

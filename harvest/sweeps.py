@@ -26,6 +26,7 @@ from rich.table import Table
 
 from callbacks.optuna_pruning import OptunaPruning
 from callbacks.training_summary import scalar_metrics, write_json_atomic
+from harvest.cli import split_passthrough
 from harvest.imports import require
 from harvest.sweep_space import SweepConfigError, SweepSpec, load_sweep, nested_overrides
 from harvest.tracking import wandb_api_key_available
@@ -155,10 +156,7 @@ def export_wandb(spec: SweepSpec, configs: list[str], out_dir: Path, project: st
 
 def main(argv: list[str] | None = None) -> None:
     """``harvest sweep`` entry point."""
-    argv = list(argv or [])
-    extra: list[str] = []
-    if "--" in argv:
-        extra, argv = argv[argv.index("--") + 1 :], argv[: argv.index("--")]
+    argv, extra = split_passthrough(argv)
     parser = argparse.ArgumentParser(prog="harvest sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True, help="harvest fit config (repeatable, last wins)")
     parser.add_argument("--sweep", required=True, help="sweep file in W&B format with harvest fit keys")

@@ -1,0 +1,77 @@
+"""``harvest monitor``: monitored predictions with a registered model.
+
+    harvest monitor grocery-ssl-classifier@production                      # the test split, with accuracy
+    harvest monitor grocery-ssl-classifier@production --images incoming/ \\
+        --reference runs/<earlier monitor run>/monitoring_report.json      # new images, with drift
+
+Downloads the version from the registry (every file checked against its SHA-256), then runs
+``harvest predict`` with the run's own resolved config, the verified weights and the
+:class:`callbacks.inference_monitor.InferenceMonitor` callback. The monitoring run gets its own
+run directory (``<pipeline>_monitor_<timestamp>``) and goes to the trackers of that config, so
+``monitor/*`` metrics land beside the training runs in MLflow / TensorBoard / W&B. The data
+module is built from that config: its data folder must exist here (it gives the class list and
+the evaluation transform); ``--images`` points the prediction at any other folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from harvest.cli import cli_main, split_passthrough
+from harvest.registry import download_model
+from harvest.registry_package import MANIFEST, WEIGHTS, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list[str]:
+    """The ``harvest predict`` arguments that monitor the model in ``package``."""
+    config = package / "config.yaml"
+    if not config.is_file():
+        raise RegistryError(f"{package}: the registered version has no config.yaml; register it from a run directory.")
+    stored = yaml.safe_load(config.read_text()) or {}
+    runs = Path(stored.get("trainer", {}).get("default_root_dir") or "runs/x").parent
+    argv = [
+        "predict", "--config", str(config), "--ckpt_path", str(package / WEIGHTS), "--weights_only", "true",
+        "--return_predictions", "false", "--run_name", run_name, "--trainer.default_root_dir", str(runs),
+        "--trainer.callbacks+", "InferenceMonitor", "--trainer.callbacks.log_every_n_batches", str(args.log_every),
+    ]
+    if args.reference:
+        argv += ["--trainer.callbacks.reference", args.reference]
+    if args.images:
+        argv += ["--data.init_args.predict_root", args.images]
+    if args.limit_batches:
+        argv += ["--trainer.limit_predict_batches", str(args.limit_batches)]
+    return argv + list(args.extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``harvest monitor`` entry point."""
+    parser = argparse.ArgumentParser(
+        prog="harvest monitor", description=__doc__.splitlines()[0], epilog="Arguments after -- go to harvest predict."
+    )
+    parser.add_argument("model", help="registered model as NAME, NAME:VERSION or NAME@ALIAS (default alias: production)")
+    parser.add_argument("--images", help="folder of images to predict (default: the data module's test split)")
+    parser.add_argument("--reference", help="monitoring_report.json of a trusted run, to measure drift against")
+    parser.add_argument("--tracking-uri", default=None, help="registry URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--limit-batches", type=int, default=None, help="predict at most this many batches")
+    parser.add_argument("--log-every", type=int, default=10, help="send running metrics every N batches")
+    own, extra = split_passthrough(argv)
+    args = parser.parse_args(own)
+    args.extra = extra
+    ref = args.model if ("@" in args.model or ":" in args.model) else f"{args.model}@production"
+    name = ref.split("@")[0].split(":")[0]
+    run_name = f"{name}_monitor_{datetime.now():%Y%m%d_%H%M%S}"
+    package_dir = Path("runs") / ".registry-downloads" / run_name
+    try:
+        package = download_model(ref, package_dir, args.tracking_uri)
+    except RegistryError as error:
+        parser.exit(2, f"harvest monitor: {error}\n")
+    log.info("monitoring %s (verified package %s)", ref, package / MANIFEST)
+
+    cli_main(monitor_args(package, run_name, args))
