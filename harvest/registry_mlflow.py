@@ -68,6 +68,10 @@ class MlflowBackend(RegistryBackend):
         from mlflow import MlflowClient
 
         self.uri = uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # MLflow caches stores per URI string: pin a relative SQLite file to this working directory
+            uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        self._resolved_uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     # ------------------------------------------------------------------ reading
@@ -235,7 +239,7 @@ class MlflowBackend(RegistryBackend):
 
         with _quiet():
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.uri
+                artifact_uri=version.source, dst_path=str(dst), tracking_uri=self._resolved_uri
             )
         package = Path(local) / "artifacts" / PACKAGE_ARTIFACT
         if not package.is_dir():
