@@ -9,6 +9,7 @@ from callbacks.lr_monitor import LearningRateLogger
 from callbacks.mlflow_tracking import MLflowTracking
 from callbacks.model_registry_upload import ModelRegistryUpload
 from callbacks.optuna_pruning import OptunaPruning
+from callbacks.prediction_images import PredictionImages
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_report import RunReport
 from callbacks.tensorboard_tracking import TensorBoardTracking
@@ -24,6 +25,7 @@ __all__ = [
     "MLflowTracking",
     "ModelRegistryUpload",
     "OptunaPruning",
+    "PredictionImages",
     "PredictionWriter",
     "RunConfigSaver",
     "RunReport",
