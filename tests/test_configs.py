@@ -117,3 +117,30 @@ def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: 
         shipped["trainer"]["precision"] == "bf16-mixed"
         and shipped["data"]["init_args"]["root"] == "data/DS2GROCERIES"
     )
+
+
+def test_fuji_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_orchard: Path) -> None:
+    from callbacks import PredictionImages
+    from datamodules import FujiApplesDataModule
+    from lightning_modules import MaskRCNNModule
+
+    base = str(CONFIGS / "fuji_maskrcnn.yaml")
+    tiny = ["--data.root", str(tiny_orchard), "--trainer.logger", "false"]
+    real = HarvestCLI(args=["--config", base, *tiny, "--model.init_args.weights", "null"], run=False)
+    data, model = real.datamodule, real.model
+    assert isinstance(data, FujiApplesDataModule) and (data.min_size, data.max_size, data.batch_size) == (1024, 1536, 2)
+    assert isinstance(model, MaskRCNNModule) and model.hparams.arch == "maskrcnn_resnet50_fpn_v2"
+    assert model.hparams.num_classes == 2 and model.class_names == ["background", "apple"]  # linked from the data
+    callbacks = {type(c): c for c in real.trainer.callbacks}
+    assert callbacks[ModelCheckpoint].monitor == "val_segm/mAP" and callbacks[ModelCheckpoint].save_last
+    assert callbacks[EarlyStopping].monitor == "val_segm/mAP" and callbacks[EarlyStopping].mode == "max"
+    assert {RichProgressBar, TrainingSummary, RunReport, PredictionImages} <= set(callbacks)
+    assert real.trainer.gradient_clip_val == 10.0
+
+    demo = HarvestCLI(args=["--config", base, "--config", str(CONFIGS / "demo" / "fuji_cpu.yaml"), *tiny], run=False)
+    assert demo.model.hparams.arch == "resnet18" and demo.model.hparams.weights is None
+    assert demo.trainer.max_epochs == 5 and demo.datamodule.synthetic is not None and demo.datamodule.min_size == 144
+    shipped = yaml.safe_load(Path(base).read_text())
+    loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
+    assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"
+    assert shipped["trainer"]["precision"] == "bf16-mixed" and shipped["model"]["init_args"]["weights"] == "DEFAULT"
