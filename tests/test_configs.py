@@ -140,6 +140,8 @@ def test_fuji_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_orchard: Path)
     demo = HarvestCLI(args=["--config", base, "--config", str(CONFIGS / "demo" / "fuji_cpu.yaml"), *tiny], run=False)
     assert demo.model.hparams.arch == "resnet18" and demo.model.hparams.weights is None
     assert demo.trainer.max_epochs == 5 and demo.datamodule.synthetic is not None and demo.datamodule.min_size == 144
+    (upload,) = [c for c in demo.trainer.callbacks if isinstance(c, ModelRegistryUpload)]  # make demo registers it
+    assert upload.name == "fuji-maskrcnn" and upload.promote_to_staging
     shipped = yaml.safe_load(Path(base).read_text())
     loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
     assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"

@@ -8,7 +8,9 @@ in-memory model's, through Harvest's loader and through ``mlflow.pyfunc``.
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,49 +110,53 @@ def test_register_all_registers_each_run_once(
     assert version.name == "groceries-ssl" and version.record["run_name"] == grocery_run.run_dir.name
 
 
+@dataclass
+class FujiRun:
+    """One epoch of the Fuji CPU demo recipe; its ModelRegistryUpload registered it into ``registry_uri``."""
+
+    cli: Any
+    registry_uri: str
+
+
 @pytest.fixture(scope="session")
-def fuji_run(tmp_path_factory: pytest.TempPathFactory, tiny_orchard: Path) -> Any:
-    """One epoch of the Fuji CPU demo recipe on the tiny synthetic orchard (TensorBoard only)."""
+def fuji_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_orchard: Path,
+    migrated_store: Path,  # noqa: F811
+) -> FujiRun:
+    """Fit the demo recipe for one epoch on the tiny orchard (TensorBoard only, registry beside the run)."""
     from conftest import clear_run_name, fuji_args
 
     from harvest.cli import cli_main
 
     workdir = tmp_path_factory.mktemp("fuji_registry_run")
+    shutil.copy(migrated_store, workdir / "registry.db")
+    uri = f"sqlite:///{workdir / 'registry.db'}"
+    loggers = ["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "runs"]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         clear_run_name()
-        cli = cli_main(
-            [
-                "fit",
-                *fuji_args(
-                    tiny_orchard,
-                    "--trainer.max_epochs",
-                    "1",
-                    "--trainer.logger",
-                    "TensorBoardLogger",
-                    "--trainer.logger.save_dir",
-                    "runs",
-                    "--run_name",
-                    "fuji_apples_20250101_000000",
-                ),
-            ]
+        # the demo's callback list ends with its ModelRegistryUpload: point it at this test's store
+        args = fuji_args(
+            tiny_orchard, "--trainer.max_epochs", "1", *loggers, "--trainer.callbacks.tracking_uri", uri
         )
+        cli = cli_main(["fit", *args, "--run_name", "fuji_apples_20250101_000000"])
         clear_run_name()
-    return cli
+    return FujiRun(cli, uri)
 
 
-def test_fuji_detector_round_trip_through_the_registry(
-    sqlite_uri: str, fuji_run: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: F811
-    last = Path(
-        fuji_run.trainer.checkpoint_callback.last_model_path
-    )  # the weights the in-memory model ends with
-    info = open_registry(sqlite_uri).register(last, "fuji-maskrcnn", aliases=["production"])
-    assert info.record["class_path"] == "lightning_modules.MaskRCNNModule" and "val_segm/mAP" in info.metrics
+def test_the_fuji_demo_registers_a_detector_that_predicts_like_the_trained_one(
+    fuji_run: FujiRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = open_registry(fuji_run.registry_uri).resolve(
+        "fuji-maskrcnn@staging"
+    )  # the first version takes staging
+    assert info.version == "1" and info.record["class_path"] == "lightning_modules.MaskRCNNModule"
+    assert info.record["monitor"] == "val_segm/mAP" and "val_bbox/mAP" in info.metrics
 
-    loaded = load_model("fuji-maskrcnn", tracking_uri=sqlite_uri)
+    loaded = load_model("fuji-maskrcnn", alias="staging", tracking_uri=fuji_run.registry_uri)
     images = torch.rand(2, 3, 72, 96, generator=torch.Generator().manual_seed(0))
-    in_memory = fuji_run.model.eval()
+    in_memory = fuji_run.cli.model.eval()  # one epoch: the best checkpoint holds the final weights
     with torch.inference_mode():
         expected, got = in_memory.predict_step(list(images)), loaded.predict_step(list(images))
     for e, g in zip(expected, got, strict=True):
@@ -158,8 +164,8 @@ def test_fuji_detector_round_trip_through_the_registry(
         for key in g:
             assert torch.equal(e[key], g[key]), key
 
-    use_mlflow_uri(monkeypatch, sqlite_uri)
-    served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@production").predict(images.numpy())
+    use_mlflow_uri(monkeypatch, fuji_run.registry_uri)
+    served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@staging").predict(images.numpy())
     assert len(served) == 2 and np.allclose(served[0]["boxes"], expected[0]["boxes"].numpy().reshape(-1, 4))
 
 
