@@ -118,10 +118,10 @@ def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Pa
             _fill(args, "run_name", None, run_name)
         elif _is(item, WandbLogger):
             _fill(args, "name", None, run_name)
-            _fill(args, "save_dir", ".", str(run_dir))
+            _fill(args, "save_dir", ".", str(run_dir.resolve()))  # a shared wandb-core has its own cwd
             _fill(args, "project", None, os.environ.get("WANDB_PROJECT") or f"harvest-{pipeline}")
             if not args.get("log_model"):
-                _fill(args, "offline", False, wandb_offline_by_default())  # no API key: offline, said by WandbTracking
+                _fill(args, "offline", False, wandb_offline_by_default())  # no API key: offline
 
     for item in _items(trainer_cfg.get("callbacks")):
         if _is(item, ModelCheckpoint):
