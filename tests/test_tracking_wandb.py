@@ -41,6 +41,7 @@ def _offline_runs(folder: Path) -> list[Path]:
     return sorted(folder.rglob("offline-run-*"))
 
 
+@pytest.mark.slow  # two processes starting torch, Lightning and wandb-core: ~30 s on two CPU cores
 def test_ddp_job_is_one_wandb_run(no_wandb_key: Path) -> None:
     """Lightning's DDP launcher starts the command once per rank; W&B sees one run, said offline once."""
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
