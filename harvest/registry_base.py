@@ -37,6 +37,7 @@ RECORD_KEYS = (
     "results",
     "run_name",
     "pipeline",
+    "experiment",
     "run_dir",
     "checkpoint",
     "checkpoint_sha256",

@@ -2,7 +2,7 @@
 
 Each version is a real MLflow model (pyfunc flavor, models-from-code: :mod:`harvest.registry_pyfunc`
 with the package folder as its artifact), logged as an MLflow 3 LoggedModel of the run that
-trained it (found by run name in the experiment named after the pipeline, else a run made for
+trained it (found by run name in the run's MLflow experiment, else a run made for
 the registration), and registered with the record as ``harvest.*`` version tags.
 ``mlflow models serve -m models:/NAME@production`` serves it.
 """
@@ -124,10 +124,10 @@ class MlflowBackend(RegistryBackend):
         if not self.client.search_model_versions(f"name = '{name}'", max_results=1):
             self.client.delete_registered_model(name)  # it was the first version: leave no empty model behind
 
-    def _source_run(self, record: dict[str, Any], pipeline: str) -> tuple[str, str, bool]:
+    def _source_run(self, record: dict[str, Any], experiment_name: str) -> tuple[str, str, bool]:
         """(experiment id, run id, whether the run was made here): the training run when this store has it."""
-        experiment = self.client.get_experiment_by_name(pipeline)
-        run_name = record.get("run_name") or pipeline
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        run_name = record.get("run_name") or experiment_name
         if experiment is not None:
             found = self.client.search_runs(
                 [experiment.experiment_id],
@@ -139,7 +139,7 @@ class MlflowBackend(RegistryBackend):
                 return experiment.experiment_id, found[0].info.run_id, False
             experiment_id = experiment.experiment_id
         else:
-            experiment_id = self.client.create_experiment(pipeline)
+            experiment_id = self.client.create_experiment(experiment_name)
         run = self.client.create_run(
             experiment_id,
             run_name=run_name,
@@ -184,8 +184,8 @@ class MlflowBackend(RegistryBackend):
                     name, description="Registered by Harvest (harvest registry)."
                 )
                 made_model = True
-            pipeline = record.get("pipeline") or "harvest"
-            experiment_id, run_id, made_run = self._source_run(record, pipeline)
+            experiment = record.get("experiment") or record.get("pipeline") or "harvest"
+            experiment_id, run_id, made_run = self._source_run(record, experiment)
             logged = self.client.create_logged_model(
                 experiment_id,
                 name=MODEL_ARTIFACT,

@@ -20,10 +20,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
+from jsonargparse import Namespace
 from jsonargparse.typing import import_object  # type: ignore[attr-defined]
 
 from callbacks.training_summary import scalar_metrics, write_json_atomic
-from harvest.run_setup import DEFAULT_RUNS_DIR
+from harvest.run_setup import DEFAULT_RUNS_DIR, pipeline_name
 from harvest.tracking import git_info
 
 MANIFEST = "harvest_model.json"
@@ -53,12 +55,36 @@ class ModelSource:
     monitor: str | None = None
     mode: str = "max"
     results: dict[str, Any] = field(default_factory=dict)
+    pipeline: str = "harvest"
+    experiment: str | None = None
 
-    @property
-    def pipeline(self) -> str:
-        """The run's pipeline: its name without the ``_YYYYmmdd_HHMMSS`` suffix."""
-        parts = self.run_name.rsplit("_", 2)
-        return parts[0] if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() else self.run_name
+
+def run_identity(run_dir: Path | None, run_name: str) -> tuple[str, str | None]:
+    """Return the run's pipeline and MLflow experiment, as its ``config.yaml`` says.
+
+    The pipeline is the data module's ``pipeline`` attribute (else the run name without its
+    ``_YYYYmmdd_HHMMSS`` suffix); the experiment is the MLFlowLogger's, when the run had one.
+    """
+    config = {}
+    if run_dir and (run_dir / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    loggers = (config.get("trainer") or {}).get("logger")
+    experiment = next(
+        (
+            (item.get("init_args") or {}).get("experiment_name")
+            for item in (loggers if isinstance(loggers, list) else [loggers])
+            if isinstance(item, dict) and str(item.get("class_path", "")).endswith("MLFlowLogger")
+        ),
+        None,
+    )
+    try:
+        pipeline = pipeline_name(Namespace(class_path=(config.get("data") or {}).get("class_path")))
+    except (ImportError, AttributeError, ValueError):
+        pipeline = "harvest"
+    if pipeline == "harvest":
+        parts = run_name.rsplit("_", 2)
+        pipeline = parts[0] if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() else run_name
+    return pipeline, experiment
 
 
 def sha256_file(path: Path) -> str:
@@ -126,10 +152,14 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
             "register checkpoints written by `harvest fit`."
         )
     metrics = {k: v for k, v in scalar_metrics(summary.get("final_metrics") or {}).items() if v is not None}
+    run_name = summary.get("run_name") or (run_dir.name if run_dir else checkpoint.stem)
+    pipeline, experiment = run_identity(run_dir, run_name)
     return ModelSource(
         checkpoint=checkpoint,
         run_dir=run_dir,
-        run_name=summary.get("run_name") or (run_dir.name if run_dir else checkpoint.stem),
+        run_name=run_name,
+        pipeline=pipeline,
+        experiment=experiment,
         class_path=class_path,
         metrics=metrics,
         monitor=summary.get("monitor"),
@@ -190,6 +220,7 @@ def build_package(source: ModelSource, dst: Path, metrics: dict[str, float] | No
         "results": source.results,
         "run_name": source.run_name,
         "pipeline": source.pipeline,
+        "experiment": source.experiment,
         "run_dir": str(source.run_dir.resolve()) if source.run_dir else None,
         "checkpoint": str(source.checkpoint.resolve()),
         "checkpoint_sha256": sha256_file(source.checkpoint),

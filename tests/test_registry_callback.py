@@ -45,7 +45,8 @@ def test_registers_the_best_checkpoint_and_stages_only_a_better_one(
 ) -> None:
     mlflow = ["--trainer.logger", "MLFlowLogger", "--trainer.logger.tracking_uri", sqlite_uri]
     upload = _upload(name="toy", promote_to_staging=True)
-    good = train_toy(tmp_path, "toy_20250101_000010", *mlflow, *upload, "--trainer.max_epochs", "3")
+    # a name without timestamp: the training run is found through the MLflow experiment in its config.yaml
+    good = train_toy(tmp_path, "toy-good", *mlflow, *upload, "--trainer.max_epochs", "3")
     worse = train_toy(
         tmp_path, "toy_20250101_000011", *mlflow, *upload, "--trainer.max_epochs", "1", "--model.lr", "0.001"
     )
