@@ -146,3 +146,45 @@ def test_fuji_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_orchard: Path)
     loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
     assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"
     assert shipped["trainer"]["precision"] == "bf16-mixed" and shipped["model"]["init_args"]["weights"] == "DEFAULT"
+
+
+@pytest.mark.parametrize("preset", ["tensorboard", "mlflow", "wandb", "all"])
+def test_logger_presets_replace_the_recipe_loggers(
+    in_tmp: Path, tiny_groceries: Path, monkeypatch: pytest.MonkeyPatch, preset: str
+) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    from callbacks import (
+        CheckpointArtifacts,
+        ConfusionMatrix,
+        DatasetCard,
+        MLflowTracking,
+        TensorBoardTracking,
+        WandbTracking,
+    )
+
+    monkeypatch.setenv("HOME", str(in_tmp))  # no ~/.netrc: no W&B key
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    chain = ["groceries_ssl.yaml", "demo/groceries_cpu.yaml", f"loggers/{preset}.yaml"]
+    args = [arg for name in chain for arg in ("--config", str(CONFIGS / name))]
+    cli = HarvestCLI(args=[*args, "--data.root", str(tiny_groceries), "--run_name", "preset"], run=False)
+    expected = {
+        "tensorboard": [TensorBoardLogger], "mlflow": [MLFlowLogger], "wandb": [WandbLogger],
+        "all": [TensorBoardLogger, WandbLogger, MLFlowLogger],  # last: --trainer.logger.tracking_uri sets it
+    }[preset]
+    loggers = cli.trainer.loggers
+    assert [type(logger) for logger in loggers] == expected
+    run_dir = Path("runs", "preset")
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            assert Path(logger.log_dir) == run_dir and not logger._default_hp_metric
+        elif isinstance(logger, MLFlowLogger):
+            assert logger._tracking_uri == "sqlite:///mlflow.db"
+            assert logger._log_batch_kwargs == {"synchronous": False}
+            assert logger._run_name == "preset" and logger._experiment_name == "groceries_ssl"
+        else:
+            assert logger._offline and logger.save_dir == str(run_dir.resolve())  # no key: offline
+            assert logger._wandb_init["name"] == "preset" and logger.name == "harvest-groceries_ssl"
+    trackers = {TensorBoardTracking, MLflowTracking, WandbTracking, DatasetCard, ConfusionMatrix}
+    assert trackers | {CheckpointArtifacts} <= {type(c) for c in cli.trainer.callbacks}  # from the recipe
