@@ -9,6 +9,7 @@ LightningCLI configs (e.g. sweep search spaces) register a checker in :data:`OTH
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -26,8 +27,26 @@ from lightning_modules import SemiSupervisedClassifier
 
 USAGE = re.compile(r"^#\s*harvest (fit|validate|test|predict) (.*--config.*)$")
 
+
+def _check_sweep(path: Path) -> None:
+    """A sweep file loads, and a value of each swept key parses on the base configs of its usage line."""
+    from harvest.sweep_space import load_sweep
+
+    spec = load_sweep(path)
+    usage = next(line for line in path.read_text().splitlines() if re.match(r"^#\s*harvest sweep (?!--backend)", line))
+    tokens = shlex.split(usage.lstrip("# "))
+    chain = [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == "--config"]
+    assert tokens[tokens.index("--sweep") + 1] == path.relative_to(REPO).as_posix()
+    values = {p.key: p.spec.get("values", [p.spec.get("value", p.spec.get("min"))])[0] for p in spec.parameters}
+    args = [arg for config in chain for arg in ("--config", str(REPO / config))]
+    overrides = [f"--{key}={json.dumps(value)}" for key, value in values.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, *overrides, "--print_config"])
+    assert exit_info.value.code in (0, None)
+
+
 #: folder name under configs/ -> checker for files that are not LightningCLI configs.
-OTHER_FORMATS: dict[str, Callable[[Path], None]] = {}
+OTHER_FORMATS: dict[str, Callable[[Path], None]] = {"sweeps": _check_sweep}
 
 
 def _usages(path: Path) -> list[list[str]]:
