@@ -107,7 +107,7 @@ class DatasetCard(Callback):
             elif isinstance(logger, MLFlowLogger):
                 self._mlflow(trainer, logger, card, card_path)
             elif isinstance(logger, WandbLogger):
-                self._wandb(logger, card, card_path, grid)
+                self._wandb(logger, card, grid)
 
     def _mlflow(
         self, trainer: pl.Trainer, logger: MLFlowLogger, card: dict[str, Any], card_path: Path
@@ -140,21 +140,30 @@ class DatasetCard(Callback):
             return
         log_artifact_file(trainer, logger, card_path)
 
-    def _wandb(self, logger: WandbLogger, card: dict[str, Any], card_path: Path, grid: Path) -> None:
-        import wandb
-
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.artifact_name or card["name"]).strip("-") or "dataset"
-        artifact = wandb.Artifact(
-            name, type="dataset", description=f"{card['name']}: {card['files']} files", metadata=card
-        )
-        artifact.add_file(str(card_path), name="dataset_card.json")
-        artifact.add_file(str(grid), name="dataset_samples.png")
-        aliases = [f"hash-{short_hash(card)}"]
+    def _wandb(self, logger: WandbLogger, card: dict[str, Any], grid: Path) -> None:
+        artifact = dataset_artifact(card, grid, self.artifact_name)
         run = logger.experiment
-        run.config.update(
-            {"dataset": {"name": card["name"], "content_hash": card["content_hash"]}}, allow_val_change=True
-        )
+        dataset = {"name": card["name"], "content_hash": card["content_hash"]}
+        run.config.update({"dataset": dataset}, allow_val_change=True)
+        aliases = [f"hash-{short_hash(card)}"]
         if is_offline(run):
             run.log_artifact(artifact, aliases=aliases)
         else:
             run.use_artifact(artifact, aliases=aliases)
+
+
+def dataset_artifact(card: dict[str, Any], grid: Path, name: str | None = None) -> Any:
+    """The W&B ``dataset`` artifact of a card: its files depend on the data only, not on where it lies.
+
+    The card without its ``root`` and the sample grid are the files (W&B versions by their digest,
+    so the same data is the same version); the whole card, ``root`` included, is the metadata.
+    """
+    import wandb
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or card["name"]).strip("-") or "dataset"
+    description = f"{card['name']}: {card['files']} files, content hash {card['content_hash']}"
+    artifact = wandb.Artifact(name, type="dataset", description=description, metadata=card)
+    with artifact.new_file("dataset_card.json") as handle:
+        json.dump({k: v for k, v in card.items() if k != "root"}, handle, indent=2)
+    artifact.add_file(str(grid), name="dataset_samples.png")
+    return artifact

@@ -42,12 +42,18 @@ def log_image_file(trainer: pl.Trainer, key: str, path: Path, step: int | None =
 
 def log_artifact_file(trainer: pl.Trainer, logger: MLFlowLogger, path: Path) -> None:
     """Upload ``path`` to the logger's MLflow run, under its folder relative to the run directory."""
-    from callbacks.mlflow_tracking import tracker_errors
+    from callbacks.mlflow_tracking import server_problem, tracker_errors, tracking_uri
 
     try:
         folder = path.resolve().parent.relative_to(run_dir(trainer).resolve()).as_posix()
     except ValueError:
         folder = None
+    problem = server_problem(
+        tracking_uri(logger), timeout=5.0
+    )  # no upload (and its retries) to a dead server
+    if problem:
+        log.warning("MLflow: could not store %s (%s); it stays in the run directory.", path, problem)
+        return
     try:
         logger.experiment.log_artifact(logger.run_id, str(path), None if folder in (None, ".") else folder)
     except tracker_errors() as error:

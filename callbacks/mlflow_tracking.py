@@ -181,10 +181,15 @@ class MLflowTracking(Callback):
 
     # ------------------------------------------------------------------ failure handling
     def _guard(self, trainer: pl.Trainer, logger: MLFlowLogger, when: str, call: Callable[[], None]) -> None:
+        """Run ``call``: detach the logger if its store is gone, only warn if the store refused a write."""
         try:
             call()
         except tracker_errors() as error:
-            self._detach(trainer, logger, f"at {when}", _first_line(error))
+            answered = not server_problem(tracking_uri(logger), self.health_timeout)
+            if answered and isinstance(error, _mlflow_error()):  # e.g. a resumed run whose params differ
+                log.warning("MLflow refused a write at %s: %s", when, _first_line(error))
+            else:
+                self._detach(trainer, logger, f"at {when}", _first_line(error))
 
     @staticmethod
     def _detach(trainer: pl.Trainer, logger: MLFlowLogger, when: str, problem: str) -> None:
@@ -199,6 +204,12 @@ class MLflowTracking(Callback):
             run_dir(trainer),
             logger._run_id,
         )
+
+
+def _mlflow_error() -> type[BaseException]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
 
 
 def _remote_files(client: object, run_id: str, folder: str) -> set[str]:

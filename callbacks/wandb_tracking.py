@@ -41,14 +41,16 @@ class WandbTracking(Callback):
     W&B's run is created on rank zero only (Lightning's ``WandbLogger`` does that), so a DDP job is
     one run; this callback acts on rank zero too. It adds the full resolved CLI config
     (``<run dir>/config.yaml``, nested as in the file) to the run config, with a ``harvest`` section
-    (pipeline, git commit, run directory). When the run is offline (the CLI chooses offline when no
-    API key is set, see ``harvest.run_setup``), one line says so and gives the ``wandb sync`` command.
+    (pipeline, run directory, git commit, uncommitted changes or not). When the run is offline (the
+    CLI chooses offline when no API key is set, see ``harvest.run_setup``), one line says so and
+    gives the ``wandb sync`` command.
     Project, entity and tags come from the logger's config or the usual ``WANDB_PROJECT``,
     ``WANDB_ENTITY`` and ``WANDB_TAGS`` variables.
 
     Args:
         finish: Finish the W&B run when the stage ends, so a second run in the same process (sweeps,
-            notebooks, tests) starts its own. Set ``false`` to keep logging into it after ``fit``.
+            notebooks, tests) starts its own, and a later ``trainer.test()`` too. Set ``false`` to keep
+            logging into the same run after ``fit``.
 
     """
 
@@ -65,7 +67,8 @@ class WandbTracking(Callback):
             if run.id in self._announced:
                 continue
             self._announced.add(run.id)
-            extra = {"pipeline": pipeline(trainer), "run_dir": str(run_dir(trainer).resolve()), **git}
+            extra = {"pipeline": pipeline(trainer), "run_dir": str(run_dir(trainer).resolve())}
+            extra.update({f"git_{key}": value for key, value in git.items()})
             run.config.update({**config, "harvest": extra}, allow_val_change=True)
             if is_offline(run):
                 log.warning(
@@ -94,3 +97,6 @@ class WandbTracking(Callback):
                     "success"
                 )  # Lightning's own checkpoint upload (log_model) before the run closes
                 logger.experiment.finish()
+                logger._experiment = (
+                    None  # a later stage of this trainer (a script's test()) starts a new run
+                )

@@ -108,3 +108,22 @@ def test_fuji_card_has_instances_and_mask_areas(tiny_orchard: Path) -> None:
         0 < area["min"] <= area["median"] <= area["max"] for area in card["mask_area"].values() if area
     )
     assert sum(card["images_without_instances"].values()) >= 1  # the orchard's empty images are negatives
+
+
+def test_wandb_dataset_artifact_is_versioned_by_content(tiny_groceries: Path, tmp_path: Path) -> None:
+    from callbacks.dataset_card import dataset_artifact
+
+    def artifact(root: Path, folder: Path):  # noqa: ANN202
+        module = groceries(root)
+        card = build_card(module)
+        return dataset_artifact(card, sample_grid(module.sample_images(2), folder / "grid.png"))
+
+    here = artifact(tiny_groceries, tmp_path / "a")
+    moved = artifact(copy_of(tiny_groceries, tmp_path / "elsewhere" / tiny_groceries.name), tmp_path / "b")
+    assert here.manifest.digest() == moved.manifest.digest()  # same data: same W&B version
+    assert here.metadata["root"] != moved.metadata["root"] and here.type == "dataset"
+    assert set(here.manifest.entries) == {"dataset_card.json", "dataset_samples.png"}
+
+    extra = copy_of(tiny_groceries, tmp_path / "more" / tiny_groceries.name)
+    shutil.copy(next((extra / "train").rglob("*.jpg")), extra / "train" / "apple" / "extra.jpg")
+    assert artifact(extra, tmp_path / "c").manifest.digest() != here.manifest.digest()
