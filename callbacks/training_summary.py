@@ -86,8 +86,12 @@ class TrainingSummary(Callback):
         self.history.append(row)
         self._write(trainer)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before the LightningModule's own on_train_end: what it logs there (end-of-fit results)
+        # goes to final_metrics, not into the last epoch's row
         self._refresh_last_row(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.status = "interrupted" if trainer.interrupted else "completed"
         self.timing["fit_seconds"] = round(time.perf_counter() - self._fit_started, 3)
         self._finish(trainer)

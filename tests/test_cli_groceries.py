@@ -70,6 +70,9 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
         and summary["monitor"] == "val/accuracy"
     )
     assert SSL_KEYS <= set(metrics) and metrics["training/fine_tune_epochs"] == 2
+    # end-of-fit results are final metrics, not part of the last epoch's row
+    assert [sorted(k for k in row if k.startswith("summary/")) for row in summary["history"]] == [[], []]
+    assert all("val/accuracy" in row for row in summary["history"])
     assert metrics["dataset/train_samples"] == 36 and metrics["dataset/test_samples"] == 15
     assert metrics["data/labeled_samples"] + metrics["data/unlabeled_samples"] == 36
     best = summary["results"]["best_algorithm"]
