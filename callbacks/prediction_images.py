@@ -39,6 +39,7 @@ def overlay(
 
     Returns:
         The overlay, ``uint8[3, H, W]``.
+
     """
     canvas = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).to(torch.uint8)
     keep = detections["scores"] >= score_threshold
@@ -61,7 +62,7 @@ def overlay(
 
 
 class PredictionImages(Callback):
-    """Every ``every_n_epochs`` validation epochs (and the last), draw predictions on the first validation images.
+    """Every ``every_n_epochs`` validation epochs (and the last), draw predictions on validation images.
 
     The grid is written to ``<run dir>/plots/predictions_epoch<NNN>.png`` and sent to every attached logger
     that takes images (TensorBoard's Images tab, W&B media, an MLflow artifact); without loggers only the
@@ -73,6 +74,7 @@ class PredictionImages(Callback):
         max_images: Validation images in the grid.
         score_threshold: Lowest score drawn.
         dirname: Folder inside the run directory.
+
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class PredictionImages(Callback):
         )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start a new grid."""
         self._drawn = []
 
     def on_validation_batch_end(
@@ -109,6 +112,7 @@ class PredictionImages(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        """Draw the batch's first images until the grid is full (on due epochs)."""
         if len(self._drawn) >= self.max_images or not self._due(trainer) or not isinstance(outputs, list):
             return
         images, targets = batch
@@ -122,6 +126,7 @@ class PredictionImages(Callback):
                 self._drawn.append(overlay(image.cpu(), cpu, class_names, truth, self.score_threshold))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the grid and send it to the loggers."""
         if not self._drawn or not self._due(trainer):
             return
         height = max(d.shape[1] for d in self._drawn)

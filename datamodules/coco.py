@@ -40,7 +40,8 @@ def _segmentation(
     if isinstance(seg, dict) and "counts" in seg:
         if list(seg.get("size", [])) != [height, width]:
             raise AnnotationError(
-                f"{where}: RLE size {seg.get('size')} differs from the image's [height, width] = [{height}, {width}]."
+                f"{where}: RLE size {seg.get('size')} differs from the image's [height, width] = "
+                f"[{height}, {width}]."
             )
         return seg
     raise AnnotationError(f"{where}: no segmentation (polygons or RLE): instance segmentation needs a mask.")
@@ -59,6 +60,7 @@ def read_coco(path: Path, image_dir: Path, class_names: list[str]) -> tuple[list
 
     Raises:
         AnnotationError: The file itself cannot be read as COCO.
+
     """
     data = _load(path)
     label_of: dict[Any, int] = {}
@@ -68,7 +70,8 @@ def read_coco(path: Path, image_dir: Path, class_names: list[str]) -> tuple[list
             label_of[cat.get("id")] = class_names.index(cat["name"])
         else:
             problems.append(
-                f"{path}: category {cat.get('name')!r} (id {cat.get('id')}) is not in data.class_names {class_names}: "
+                f"{path}: category {cat.get('name')!r} (id {cat.get('id')}) is not in data.class_names "
+                f"{class_names}: "
                 f"add it there (after 'background') or rename the category."
             )
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
@@ -87,7 +90,8 @@ def read_coco(path: Path, image_dir: Path, class_names: list[str]) -> tuple[list
             width, height = image_size(file)
             if (img.get("width", width), img.get("height", height)) != (width, height):
                 raise AnnotationError(
-                    f"{path}: image {file.name} is listed as {img.get('width')}x{img.get('height')} but the file is "
+                    f"{path}: image {file.name} is listed as {img.get('width')}x{img.get('height')} but "
+                    "the file is "
                     f"{width}x{height}: annotate the file as it is, or restore the original."
                 )
             instances = []

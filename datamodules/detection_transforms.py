@@ -16,7 +16,7 @@ _SIZE_STEP = 8
 
 
 def scale_jitter_sizes(min_size: int, scale_range: tuple[float, float], steps: int = 9) -> list[int]:
-    """The shorter-side sizes training draws from: ``steps`` values across ``min_size * scale_range``."""
+    """Return the shorter sides training draws from: ``steps`` values across ``min_size * scale_range``."""
     low, high = scale_range
     if not 0 < low <= high:
         raise ValueError(f"scale_range={scale_range}: expected 0 < low <= high, e.g. (0.8, 1.2).")
@@ -55,7 +55,8 @@ def train_transforms(
         max_size: Longest side allowed.
         scale_range: Range of the shorter side relative to ``min_size`` (scale jitter); ``(1, 1)`` for none.
         hflip: Probability of a horizontal flip.
-        color_jitter: Strength of brightness, contrast and saturation jitter (hue gets a tenth of it); 0 for none.
+        color_jitter: Brightness, contrast and saturation jitter (hue gets a tenth of it); 0 for none.
+
     """
     steps: list[v2.Transform] = [
         v2.RandomHorizontalFlip(hflip),

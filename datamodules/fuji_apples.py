@@ -44,12 +44,13 @@ class FujiApplesDataModule(pl.LightningDataModule):
         scale_range: Training scale jitter of the shorter side, relative to ``min_size``.
         hflip: Training probability of a horizontal flip.
         color_jitter: Training colour jitter strength (0 for none).
-        val_fraction: Share of training images held out for validation when the layout has no validation split.
-        test_fraction: Share of training images held out for testing when the layout has no test split.
+        val_fraction: Share of training images held out for validation when the layout has none.
+        test_fraction: Share of training images held out for testing when the layout has none.
         seed: Seed of the hold-outs.
         on_bad_data: ``"error"`` stops at the first bad file, naming it; ``"skip"`` leaves bad images out
             with one counted warning per split.
-        synthetic: When set and ``root`` does not exist, write this synthetic orchard there first (demos, tests).
+        synthetic: When set and ``root`` does not exist, write this synthetic orchard there (demos, tests).
+
     """
 
     pipeline = "fuji_apples"
@@ -120,7 +121,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return splits, problems
 
     def splits(self) -> dict[str, list[Sample]]:
-        """Samples per split (``train``, ``val``, ``test``), read once; applies ``on_bad_data``."""
+        """Return the samples per split (``train``, ``val``, ``test``), read once, after ``on_bad_data``."""
         if self._splits is None:
             splits, problems = self._read()
             if problems and self.on_bad_data == "error":
@@ -141,6 +142,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return self._splits
 
     def setup(self, stage: str | None = None) -> None:
+        """Build a dataset per split (the data is read once)."""
         self.datasets = {
             split: InstanceDataset(samples, self._transforms(split))
             for split, samples in self.splits().items()
@@ -164,20 +166,24 @@ class FujiApplesDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Return shuffled training batches: a list of images and a list of targets."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        """Return validation batches."""
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        """Return test batches (a seeded hold-out of training when the layout has no test split)."""
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        """Return prediction batches: the test split."""
         return self._loader("test")
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
-        """Counts per split (images, instances per class, negatives) and mask-area statistics, JSON-ready."""
+        """Describe the data: per split images, instances per class, negatives, mask areas (JSON-ready)."""
         splits = self.splits()
         synthetic = (self.root / "SYNTHETIC.txt").is_file()
         out: dict[str, Any] = {
@@ -232,7 +238,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return {name: paths for name, paths in out.items() if paths}
 
     def check(self) -> list[str]:
-        """Every problem of the data set as one-line messages (file, problem, fix); never raises for bad data."""
+        """List every problem of the data set in one line each (file, problem, fix), without raising."""
         try:
             _, problems = self._read()
         except (FileNotFoundError, AnnotationError) as err:

@@ -60,7 +60,7 @@ def _coco_source(folder: Path) -> SplitSource | None:
 
 
 def find_splits(root: Path, fmt: Format = "auto") -> dict[str, SplitSource]:
-    """The splits present under ``root`` (at least ``train``); raises ``FileNotFoundError`` saying what is expected."""
+    """Find the splits under ``root`` (at least ``train``); raise ``FileNotFoundError`` saying what to do."""
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist: " + FUJI_SFM_HELP.format(root=root) + ".")
     if fmt in ("auto", "via") and (base := _via_base(root)) is not None:
@@ -86,7 +86,7 @@ def find_splits(root: Path, fmt: Format = "auto") -> dict[str, SplitSource]:
 
 
 def read_via_folder(folder: Path, label: int = 1) -> tuple[list[Sample], list[str]]:
-    """Samples from a folder of images and VIA CSVs; problems as messages (those images are left out).
+    """Read a folder of images and VIA CSVs into samples, and problems as messages (those images left out).
 
     Every region is an instance of class ``label``. An image needs annotations (a CSV naming it); an image
     whose CSV has no regions is a negative sample.
@@ -127,14 +127,15 @@ def read_via_folder(folder: Path, label: int = 1) -> tuple[list[Sample], list[st
     for image in sorted(folder.iterdir()):
         if image.suffix.lower() in IMAGE_SUFFIXES and image not in annotated and image.stem not in unreadable:
             problems.append(
-                f"{image}: no annotations (expected {folder / ('mask_' + image.stem + '.csv')}): annotate it in VIA "
+                f"{image}: no annotations (expected {folder / ('mask_' + image.stem + '.csv')}): annotate "
+                "it in VIA "
                 "(no regions = an image without apples) or move it out of the folder."
             )
     return samples, problems
 
 
 def read_split(source: SplitSource, class_names: list[str]) -> tuple[list[Sample], list[str]]:
-    """Samples and problems of one split."""
+    """Read one split into samples and problems."""
     if source.format == "via":
         return read_via_folder(source.path, label=1)
     try:
@@ -144,7 +145,7 @@ def read_split(source: SplitSource, class_names: list[str]) -> tuple[list[Sample
 
 
 def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Split ``samples`` into (kept, held out): a seeded ``fraction`` of them, at least one when ``fraction > 0``."""
+    """Split ``samples`` into (kept, held out): a seeded ``fraction``, at least one when ``fraction > 0``."""
     if fraction <= 0 or len(samples) < 2:
         return samples, []
     order = sorted(samples, key=lambda s: str(s.image))

@@ -22,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from datamodules.via import AnnotationError
 
-#: Polygon points may lie this many pixels outside the image (annotation tools snap to the border); they are clipped.
+#: Polygon points may lie this many pixels outside the image (tools snap to the border); they are clipped.
 BORDER_TOLERANCE = 2.0
 
 Segmentation = list[list[float]] | dict[str, Any]
@@ -88,17 +88,19 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def checked_polygon(polygon: list[float], width: int, height: int, where: str) -> list[float]:
-    """``polygon`` clipped to the image, after checking it has 3+ points inside the image (within a tolerance).
+    """Check that ``polygon`` has 3+ points inside the image (within a tolerance); return it clipped.
 
     Args:
         polygon: Flat ``[x0, y0, x1, y1, …]`` coordinates.
         width: Image width.
         height: Image height.
         where: File (and row or annotation id) named in error messages.
+
     """
     if len(polygon) < 6 or len(polygon) % 2:
         raise AnnotationError(
-            f"{where}: polygon has {len(polygon) // 2} point(s), a mask needs at least 3: redraw or delete the region."
+            f"{where}: polygon has {len(polygon) // 2} point(s), a mask needs at least 3: redraw or delete "
+            "the region."
         )
     xs, ys = np.asarray(polygon[0::2], dtype=float), np.asarray(polygon[1::2], dtype=float)
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
@@ -106,17 +108,18 @@ def checked_polygon(polygon: list[float], width: int, height: int, where: str) -
     t = BORDER_TOLERANCE
     if xs.min() < -t or ys.min() < -t or xs.max() > width + t or ys.max() > height + t:
         raise AnnotationError(
-            f"{where}: polygon spans x {xs.min():.0f}..{xs.max():.0f}, y {ys.min():.0f}..{ys.max():.0f}, outside the "
+            f"{where}: polygon spans x {xs.min():.0f}..{xs.max():.0f}, y {ys.min():.0f}..{ys.max():.0f}, "
+            "outside the "
             f"{width}x{height} image: it belongs to another image or was drawn on a resized copy; redraw it."
         )
     xs, ys = xs.clip(0, width), ys.clip(0, height)
     if abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) < 1e-6:
         raise AnnotationError(f"{where}: polygon has zero area: redraw or delete the region.")
-    return [float(v) for xy in zip(xs, ys) for v in xy]
+    return [float(v) for xy in zip(xs, ys, strict=True) for v in xy]
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """``float32[N, 4]`` xyxy boxes enclosing each mask's pixels (COCO's convention: ``x2 = last column + 1``)."""
+    """Return ``float32[N, 4]`` xyxy boxes around each mask's pixels (as COCO: ``x2 = last column + 1``)."""
     boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
     for i, mask in enumerate(masks):
         ys, xs = torch.nonzero(mask, as_tuple=True)
@@ -131,6 +134,7 @@ class InstanceDataset(Dataset):
     Args:
         samples: The annotated images.
         transforms: A ``torchvision.transforms.v2`` transform taking ``(image, target)``.
+
     """
 
     def __init__(self, samples: list[Sample], transforms: Callable[..., Any] | None = None) -> None:
@@ -141,7 +145,7 @@ class InstanceDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> torch.Tensor:
-        """The image as ``uint8[3, H, W]``; raises :class:`AnnotationError` naming the file when it cannot be decoded."""
+        """Decode image ``index`` as ``uint8[3, H, W]``; raise :class:`AnnotationError` naming a bad file."""
         sample = self.samples[index]
         try:
             image = decode_image(str(sample.image), mode=ImageReadMode.RGB)
@@ -174,5 +178,5 @@ class InstanceDataset(Dataset):
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
     """Torchvision's detection collate: a list of images and a list of targets."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return list(images), list(targets)

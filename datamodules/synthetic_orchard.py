@@ -30,11 +30,17 @@ def _ellipse(
 ) -> list[tuple[float, float]]:
     t = np.linspace(0, 2 * np.pi, points, endpoint=False)
     x, y = rx * np.cos(t), ry * np.sin(t)
-    return list(zip(cx + x * np.cos(angle) - y * np.sin(angle), cy + x * np.sin(angle) + y * np.cos(angle)))
+    return list(
+        zip(
+            cx + x * np.cos(angle) - y * np.sin(angle),
+            cy + x * np.sin(angle) + y * np.cos(angle),
+            strict=True,
+        )
+    )
 
 
 def mask_polygon(mask: np.ndarray) -> list[tuple[int, int]]:
-    """The outline of the largest region of a boolean mask, as at most 48 integer image points (VIA's form)."""
+    """Return the outline of a boolean mask's largest region as at most 48 integer points (as VIA)."""
     padded = np.pad(mask.astype(np.float64), 1)
     lines = contourpy.contour_generator(z=padded).lines(0.5)
     outline = max(lines, key=len) - 1 + 0.5  # back from padded indices to continuous pixel coordinates
@@ -56,6 +62,7 @@ class SyntheticOrchard:
         empty_fraction: Fraction of images without apples (negative samples).
         occlusion: Probability that a leaf hides part of an apple.
         seed: Seed; the same seed writes the same files.
+
     """
 
     train_images: int = 40
@@ -151,7 +158,7 @@ class SyntheticOrchard:
             disks.append(inside)
         image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
         front = Image.new("L", image.size, 0)
-        for (cx, cy, r), disk in zip(centres, disks):
+        for (cx, cy, r), disk in zip(centres, disks, strict=True):
             if rng.random() < self.occlusion:
                 leaf = Image.new("L", image.size, 0)
                 angle = rng.uniform(0, 2 * np.pi)

@@ -51,11 +51,12 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, theta: float = 0.0) -> 
 
 
 def shape_to_polygon(shape: dict, where: str) -> list[float] | None:
-    """A VIA region shape as a flat ``[x0, y0, x1, y1, …]`` polygon; ``None`` for the empty shape ``{}``.
+    """Turn a VIA region shape into a flat ``[x0, y0, x1, y1, …]`` polygon; ``None`` for ``{}``.
 
     Args:
         shape: The parsed ``region_shape_attributes``.
         where: ``"<file>, row <n>"``, used in error messages.
+
     """
     if not shape:
         return None
@@ -65,9 +66,10 @@ def shape_to_polygon(shape: dict, where: str) -> list[float] | None:
             xs, ys = shape["all_points_x"], shape["all_points_y"]
             if len(xs) != len(ys):
                 raise AnnotationError(
-                    f"{where}: polygon has {len(xs)} x but {len(ys)} y coordinates: fix or delete this region in VIA."
+                    f"{where}: polygon has {len(xs)} x but {len(ys)} y coordinates: fix or delete this "
+                    "region in VIA."
                 )
-            return [float(v) for xy in zip(xs, ys) for v in xy]
+            return [float(v) for xy in zip(xs, ys, strict=True) for v in xy]
         if name == "rect":
             x, y, w, h = (float(shape[k]) for k in ("x", "y", "width", "height"))
             return [x, y, x + w, y, x + w, y + h, x, y + h]
@@ -101,6 +103,7 @@ def read_via_csv(path: Path) -> dict[str, list[ViaRegion]]:
     Raises:
         AnnotationError: The file is empty, is not a VIA CSV, or has a malformed row; the message names
             the file and the row.
+
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -118,7 +121,8 @@ def read_via_csv(path: Path) -> dict[str, list[ViaRegion]]:
     missing = [c for c in VIA_COLUMNS if c not in header]
     if missing:
         raise AnnotationError(
-            f"{path}: not a VIA CSV export, the header lacks {', '.join(missing)}: export annotations as CSV from VIA."
+            f"{path}: not a VIA CSV export, the header lacks {', '.join(missing)}: export annotations as "
+            "CSV from VIA."
         )
     col = {name: header.index(name) for name in VIA_COLUMNS}
     images: dict[str, list[ViaRegion]] = {}

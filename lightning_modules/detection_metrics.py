@@ -37,7 +37,7 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 class DetectionF1(Metric):
-    """Precision, recall and F1 of detections scoring at least ``score_threshold``, matched at ``iou_threshold``.
+    """Precision, recall and F1 of detections scoring ``score_threshold`` or more, matched at an IoU.
 
     Detections are matched greedily by decreasing score to the unmatched ground truth of the same class
     with the highest IoU, as in COCO; unmatched detections are false positives, unmatched objects false
@@ -47,6 +47,7 @@ class DetectionF1(Metric):
         iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU).
         iou_threshold: IoU needed for a match.
         score_threshold: Detections scoring less are ignored.
+
     """
 
     full_state_update = False
@@ -82,7 +83,7 @@ class DetectionF1(Metric):
             self.fn += len(gt_labels) - tp
 
     def compute(self) -> dict[str, Tensor]:
-        """``precision50``, ``recall50`` and ``F1_50`` (named for IoU 0.5 whatever ``iou_threshold`` is set to)."""
+        """Return ``precision50``, ``recall50`` and ``F1_50`` (so named whatever ``iou_threshold`` is)."""
         tp, fp, fn = self.tp.float(), self.fp.float(), self.fn.float()
         precision = tp / (tp + fp).clamp(min=1)
         recall = tp / (tp + fn).clamp(min=1)
@@ -97,6 +98,7 @@ class DetectionMetrics(nn.Module):
         backend: COCO evaluation backend of torchmetrics: ``faster_coco_eval`` or ``pycocotools``.
         score_threshold: Score a detection needs to count in precision / recall / F1 (mAP uses all).
         mask_threshold: Mask probability above which a pixel belongs to a detection.
+
     """
 
     def __init__(

@@ -46,6 +46,7 @@ class DataSizedTransform(GeneralizedRCNNTransform):
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Return the image and target unchanged: the data module sized them."""
         return image, target
 
 
@@ -56,7 +57,8 @@ def _weights(model_name: str, value: str | None):  # noqa: ANN202 - a torchvisio
 def _anchor_generator(sizes: list[int], levels: int, per_level: bool) -> AnchorGenerator:
     if per_level and len(sizes) != levels:
         raise ValueError(
-            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), e.g. [32, 64, 128, 256, 512]."
+            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), e.g. [32, 64, 128, "
+            "256, 512]."
         )
     per_level_sizes = tuple((s,) for s in sizes) if per_level else (tuple(sizes),) * levels
     return AnchorGenerator(per_level_sizes, (_ASPECT_RATIOS,) * levels)
@@ -80,13 +82,14 @@ def build_mask_rcnn(
         num_classes: Number of classes including background (index 0).
         weights: Weights of the whole detector (``"DEFAULT"`` = COCO), only for the two ResNet-50 models.
         weights_backbone: ImageNet weights of the backbone (``"DEFAULT"``); ignored when ``weights`` is set.
-        trainable_backbone_layers: Backbone stages trained (0-5 for ResNets, 0-6 for MobileNet); all without weights.
+        trainable_backbone_layers: Backbone stages trained (0-5 ResNets, 0-6 MobileNet); all without weights.
         anchor_sizes: Anchor size of each FPN level (five for ResNets), or the sizes used on every level
             of ``mobilenet_v3_large``; torchvision's defaults when unset.
         fpn_channels: Channels of the FPN and of the box and mask heads of the lighter backbones
             (256 as in torchvision; 64 trains about twice as fast on a CPU).
         **detector_options: Keyword arguments of torchvision's ``MaskRCNN`` (``box_batch_size_per_image``,
             ``rpn_pre_nms_top_n_train``, ``box_detections_per_img``...).
+
     """
     fetch = _FETCH_WEIGHTS.get()
     if arch in ("maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn"):
@@ -195,7 +198,7 @@ def _light_mask_rcnn(
 
 
 def _freeze_batch_norms(module: nn.Module) -> None:
-    """Swap every ``BatchNorm2d`` below ``module`` for torchvision's ``FrozenBatchNorm2d`` (the pretrained layout)."""
+    """Swap each ``BatchNorm2d`` below ``module`` for ``FrozenBatchNorm2d`` (the pretrained layout)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             setattr(module, name, misc_nn_ops.FrozenBatchNorm2d(child.num_features, eps=child.eps))
@@ -230,6 +233,7 @@ def parameter_groups(model: MaskRCNN, lr_multipliers: dict[str, float]) -> list[
     Args:
         model: The detector.
         lr_multipliers: Multiplier of the optimizer's learning rate per group; missing groups get 1.0.
+
     """
     unknown = set(lr_multipliers) - set(PARAMETER_GROUPS)
     if unknown:
@@ -263,7 +267,7 @@ def loss_mode(model: MaskRCNN) -> Iterator[None]:
     try:
         yield
     finally:
-        for part, mode in zip(parts, before):
+        for part, mode in zip(parts, before, strict=True):
             part.training = mode
 
 

@@ -51,6 +51,7 @@ class MaskRCNNModule(pl.LightningModule):
         map_backend: COCO evaluation backend of the mAP: ``faster_coco_eval`` or ``pycocotools``.
         score_threshold: Score a detection needs to count in precision / recall / F1.
         mask_threshold: Mask probability above which a pixel belongs to an instance.
+
     """
 
     def __init__(
@@ -75,8 +76,8 @@ class MaskRCNNModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.class_names = class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)]
         self.model = build_mask_rcnn(
-            arch, num_classes, weights, weights_backbone, trainable_backbone_layers, anchor_sizes, fpn_channels,
-            **(detector_options or {}),
+            arch, num_classes, weights, weights_backbone, trainable_backbone_layers, anchor_sizes,
+            fpn_channels, **(detector_options or {}),
         )  # fmt: skip
         self.lr_multipliers = lr_multipliers or {}
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -86,7 +87,7 @@ class MaskRCNNModule(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MaskRCNNModule:  # type: ignore[override]
-        """Lightning's loader, without fetching the pretrained weights the checkpoint's own weights replace."""
+        """Load a checkpoint, without fetching the pretrained weights that its own weights replace."""
         with without_weight_download():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
@@ -95,12 +96,13 @@ class MaskRCNNModule(pl.LightningModule):
         precision = str(self.trainer.precision)
         if precision in _REFUSED_PRECISIONS:
             raise ValueError(
-                f"trainer.precision={precision} is not supported by Mask R-CNN (torchvision's roi_align, nms and box "
+                f"trainer.precision={precision} is not supported by Mask R-CNN (torchvision's roi_align, "
+                "nms and box "
                 "coding need float32 weights and boxes): use bf16-mixed (or 16-mixed) instead."
             )
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections of the model in its current mode (eval: boxes, labels, scores, mask probabilities)."""
+        """Run the detector in its current mode (eval: boxes, labels, scores, mask probabilities)."""
         return self.model(images)
 
     def _log_losses(self, losses: dict[str, Tensor], stage: str, batch_idx: int, batch_size: int) -> Tensor:
@@ -110,8 +112,10 @@ class MaskRCNNModule(pl.LightningModule):
                 f"{name}={value.item()}" for name, value in losses.items() if not torch.isfinite(value)
             )
             raise FloatingPointError(
-                f"Non-finite {stage} loss at global step {self.global_step} (epoch {self.current_epoch}, batch "
-                f"{batch_idx}): {bad}. Lower the learning rate, lengthen the warm-up or check this batch's annotations."
+                f"Non-finite {stage} loss at global step {self.global_step} (epoch {self.current_epoch}, "
+                "batch "
+                f"{batch_idx}): {bad}. Lower the learning rate, lengthen the warm-up or check this batch's "
+                "annotations."
             )
         on_step = stage == "train"
         metrics = {f"{stage}/{name}": value for name, value in losses.items()} | {f"{stage}/loss": total}
@@ -119,6 +123,7 @@ class MaskRCNNModule(pl.LightningModule):
         return total
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Return the summed loss of one batch, logging each component."""
         images, targets = batch
         return self._log_losses(self.model(images, targets), "train", batch_idx, len(images))
 
@@ -136,15 +141,19 @@ class MaskRCNNModule(pl.LightningModule):
         metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
+        """Log the losses, update the metrics and return the detections (for callbacks that draw them)."""
         return self._evaluation_step(batch, batch_idx, "val", self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
+        """Log COCO mAP and precision / recall / F1 of the epoch."""
         self._log_metrics("val", self.val_metrics)
 
     def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
+        """Like :meth:`validation_step`, on the test split."""
         return self._evaluation_step(batch, batch_idx, "test", self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
+        """Log the test split's COCO mAP and precision / recall / F1."""
         self._log_metrics("test", self.test_metrics)
 
     def predict_step(self, batch: Batch | list[Tensor], batch_idx: int = 0) -> list[dict[str, Tensor]]:
@@ -161,6 +170,7 @@ class MaskRCNNModule(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> Any:
+        """Build the configured optimizer over the parameter groups, and the scheduler stepped per step."""
         optimizer = self.optimizer(parameter_groups(self.model, self.lr_multipliers))
         for group in optimizer.param_groups:
             group["lr"] *= group["lr_mult"]

@@ -1,4 +1,4 @@
-"""Learning-rate schedules stepped per optimizer step, and how a LightningModule builds one from the config."""
+"""Learning-rate schedules stepped per optimizer step, and building one from the config."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class WarmupCosineLR(LRScheduler):
         warmup_factor: Learning rate at step 0, as a fraction of the initial learning rate.
         min_lr_ratio: Learning rate at the end of the cosine, as a fraction of the initial one.
         last_epoch: Index of the last step, to resume (``-1``: start).
+
     """
 
     def __init__(

@@ -109,7 +109,7 @@ def xyxy(mask: np.ndarray) -> list[float]:
 
 
 def harvest_inputs() -> tuple[list[dict], list[dict]]:
-    """What MaskRCNNModule hands its metrics: detector outputs (mask probabilities) and data-module targets."""
+    """What MaskRCNNModule hands its metrics: detector outputs (mask probabilities) and targets."""
     detections, targets = [], []
     for image_id in TRUTH:
         masks = [m for m, _ in PREDICTIONS[image_id]]

@@ -1,4 +1,4 @@
-"""MaskRCNNModule and its factory: architectures, losses, learning rates, precision, checkpoints, predictions."""
+"""MaskRCNNModule and its factory: architectures, losses, learning rates, precision, checkpoints."""
 
 from __future__ import annotations
 
