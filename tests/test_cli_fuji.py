@@ -72,6 +72,9 @@ def test_a_short_fit_then_test(in_tmp: Path, tiny_orchard: Path, capsys: pytest.
                 "2",
                 "--run_name",
                 "fuji_short",
+                "--trainer.callbacks+=ModelCheckpoint",  # every epoch too, as the recipe's header says
+                "--trainer.callbacks.save_top_k=-1",
+                "--trainer.callbacks.filename={epoch:02d}",
             ),
         ]
     )
@@ -92,6 +95,13 @@ def test_a_short_fit_then_test(in_tmp: Path, tiny_orchard: Path, capsys: pytest.
         Path(summary["best_checkpoint"]).name.startswith("best-")
         and Path(summary["last_checkpoint"]).is_file()
     )
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == [
+        Path(summary["best_checkpoint"]).name,
+        "epoch=00.ckpt",
+        "epoch=01.ckpt",
+        "last.ckpt",
+    ]
     overlay = run_dir / "plots" / "predictions_epoch001.png"  # the last epoch's, though every_n_epochs is 5
     assert Image.open(overlay).size[0] > 96 and not (run_dir / "plots" / "predictions_epoch000.png").exists()
     report = capsys.readouterr().out
