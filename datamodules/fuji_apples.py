@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from datamodules.detection_transforms import eval_transforms, train_transforms
-from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split
+from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split, source_files
 from datamodules.instance_data import InstanceDataset, Sample, collate_detection
 from datamodules.synthetic_orchard import SyntheticOrchard
 from datamodules.via import AnnotationError
@@ -222,9 +222,11 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return out
 
     def dataset_files(self) -> list[Path]:
-        """Every image and annotation file of the data set, sorted (for a content hash)."""
-        files = {p for samples in self.splits().values() for s in samples for p in (s.image, s.annotation)}
-        return sorted(files)
+        """Every image and annotation file under the data root, sorted (for a content hash); bad ones too."""
+        self.prepare_data()
+        return sorted(
+            {p for source in find_splits(self.root, self.format).values() for p in source_files(source)}
+        )
 
     def sample_images(self, per_class: int = 4) -> dict[str, list[Path]]:
         """Up to ``per_class`` images showing each class; ``background`` lists images without instances."""

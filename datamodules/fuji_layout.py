@@ -134,6 +134,13 @@ def read_via_folder(folder: Path, label: int = 1) -> tuple[list[Sample], list[st
     return samples, problems
 
 
+def source_files(source: SplitSource) -> list[Path]:
+    """Every image and annotation file of one split on disk, readable or not."""
+    images = [p for p in source.image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    annotations = sorted(source.path.glob("*.csv")) if source.format == "via" else [source.path]
+    return sorted(images) + annotations
+
+
 def read_split(source: SplitSource, class_names: list[str]) -> tuple[list[Sample], list[str]]:
     """Read one split into samples and problems."""
     if source.format == "via":

@@ -124,6 +124,7 @@ def test_bad_data_stops_with_one_line_naming_the_file(
     message = str(info.value)
     assert str(root / TRAIN) in message and "\n" not in message and "on_bad_data=skip" in message
     assert re.search(expected, dm.check()[0])
+    assert root / TRAIN / "_MG_0001_01.jpg" in dm.dataset_files()  # listed (for hashing) even when bad
 
 
 def test_unreadable_image_is_named_and_skip_mode_counts_what_it_leaves_out(tmp_path: Path) -> None:
