@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.detection_transforms import eval_transforms, train_transforms
 from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split, source_files
-from datamodules.instance_data import InstanceDataset, Sample, collate_detection
+from datamodules.instance_data import InstanceDataset, Sample, check_decodes, collate_detection
 from datamodules.synthetic_orchard import SyntheticOrchard
 from datamodules.via import AnnotationError
 
@@ -240,9 +240,18 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return {name: paths for name, paths in out.items() if paths}
 
     def check(self) -> list[str]:
-        """List every problem of the data set in one line each (file, problem, fix), without raising."""
+        """List every problem of the data set in one line each (file, problem, fix), without raising.
+
+        Besides what loading checks, every image is decoded, so a truncated file is found here rather
+        than halfway through an epoch.
+        """
         try:
-            _, problems = self._read()
+            splits, problems = self._read()
         except (FileNotFoundError, AnnotationError) as err:
             return [str(err)]
+        for sample in (s for samples in splits.values() for s in samples):
+            try:
+                check_decodes(sample.image)
+            except AnnotationError as err:
+                problems.append(str(err))
         return problems

@@ -87,6 +87,15 @@ def image_size(path: Path) -> tuple[int, int]:
         ) from None
 
 
+def check_decodes(path: Path) -> None:
+    """Decode the whole image (a truncated file passes a header read); raise :class:`AnnotationError`."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise AnnotationError(f"{path}: cannot be decoded ({err}): replace or remove the file.") from None
+
+
 def checked_polygon(polygon: list[float], width: int, height: int, where: str) -> list[float]:
     """Check that ``polygon`` has 3+ points inside the image (within a tolerance); return it clipped.
 
