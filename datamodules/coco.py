@@ -71,8 +71,7 @@ def read_coco(path: Path, image_dir: Path, class_names: list[str]) -> tuple[list
         else:
             problems.append(
                 f"{path}: category {cat.get('name')!r} (id {cat.get('id')}) is not in data.class_names "
-                f"{class_names}: "
-                f"add it there (after 'background') or rename the category."
+                f"{class_names}: add it there (after 'background') or rename the category."
             )
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for ann in data.get("annotations", []):
@@ -91,8 +90,7 @@ def read_coco(path: Path, image_dir: Path, class_names: list[str]) -> tuple[list
             if (img.get("width", width), img.get("height", height)) != (width, height):
                 raise AnnotationError(
                     f"{path}: image {file.name} is listed as {img.get('width')}x{img.get('height')} but "
-                    "the file is "
-                    f"{width}x{height}: annotate the file as it is, or restore the original."
+                    f"the file is {width}x{height}: annotate the file as it is, or restore the original."
                 )
             instances = []
             for ann in by_image.get(img.get("id"), []):

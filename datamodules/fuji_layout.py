@@ -128,8 +128,7 @@ def read_via_folder(folder: Path, label: int = 1) -> tuple[list[Sample], list[st
         if image.suffix.lower() in IMAGE_SUFFIXES and image not in annotated and image.stem not in unreadable:
             problems.append(
                 f"{image}: no annotations (expected {folder / ('mask_' + image.stem + '.csv')}): annotate "
-                "it in VIA "
-                "(no regions = an image without apples) or move it out of the folder."
+                "it in VIA (no regions = an image without apples) or move it out of the folder."
             )
     return samples, problems
 

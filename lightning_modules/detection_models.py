@@ -57,8 +57,8 @@ def _weights(model_name: str, value: str | None):  # noqa: ANN202 - a torchvisio
 def _anchor_generator(sizes: list[int], levels: int, per_level: bool) -> AnchorGenerator:
     if per_level and len(sizes) != levels:
         raise ValueError(
-            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), e.g. [32, 64, 128, "
-            "256, 512]."
+            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), "
+            "e.g. [32, 64, 128, 256, 512]."
         )
     per_level_sizes = tuple((s,) for s in sizes) if per_level else (tuple(sizes),) * levels
     return AnchorGenerator(per_level_sizes, (_ASPECT_RATIOS,) * levels)

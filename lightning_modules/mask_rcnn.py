@@ -97,8 +97,7 @@ class MaskRCNNModule(pl.LightningModule):
         if precision in _REFUSED_PRECISIONS:
             raise ValueError(
                 f"trainer.precision={precision} is not supported by Mask R-CNN (torchvision's roi_align, "
-                "nms and box "
-                "coding need float32 weights and boxes): use bf16-mixed (or 16-mixed) instead."
+                "nms and box coding need float32 weights and boxes): use bf16-mixed (or 16-mixed) instead."
             )
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -113,13 +112,12 @@ class MaskRCNNModule(pl.LightningModule):
             )
             raise FloatingPointError(
                 f"Non-finite {stage} loss at global step {self.global_step} (epoch {self.current_epoch}, "
-                "batch "
-                f"{batch_idx}): {bad}. Lower the learning rate, lengthen the warm-up or check this batch's "
-                "annotations."
+                f"batch {batch_idx}): {bad}. Lower the learning rate, lengthen the warm-up or check this "
+                "batch's annotations."
             )
-        on_step = stage == "train"
+        train = stage == "train"
         metrics = {f"{stage}/{name}": value for name, value in losses.items()} | {f"{stage}/loss": total}
-        self.log_dict(metrics, on_step=on_step, on_epoch=True, batch_size=batch_size, prog_bar=False)
+        self.log_dict(metrics, on_step=train, on_epoch=True, batch_size=batch_size, sync_dist=not train)
         return total
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
