@@ -157,13 +157,12 @@ def _light_mask_rcnn(
     backbone_weights = _weights(arch, weights_backbone) if fetch else None
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
     mobilenet = arch == "mobilenet_v3_large"
-    layers = (
-        (3 if trainable_backbone_layers is None else trainable_backbone_layers)
-        if trained
-        else 6
-        if mobilenet
-        else 5
-    )
+    if not trained:
+        layers = 6 if mobilenet else 5  # every stage learns from random weights
+    else:
+        layers = (
+            3 if trainable_backbone_layers is None else trainable_backbone_layers
+        )  # torchvision's default
     if mobilenet:
         backbone = mobilenet_backbone(
             backbone_name=arch,
