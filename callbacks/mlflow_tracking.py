@@ -171,7 +171,7 @@ class MLflowTracking(Callback):
                     "trainer.logger's tracking_uri to a reachable one, or leave MLflow out "
                     "(--config configs/loggers/tensorboard.yaml).",
                     uri,
-                    _first_line(exception),
+                    server_problem(uri, self.health_timeout) or _first_line(exception)[:200],
                 )
             elif logger._run_id is not None and not server_problem(tracking_uri(logger), self.health_timeout):
                 self._guard(
