@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import harvest
+from callbacks.stage_start import StageStartCallback
 from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, run_dir
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def server_problem(uri: str, timeout: float) -> str | None:
         return str(getattr(error, "reason", error))
 
 
-class MLflowTracking(Callback):
+class MLflowTracking(StageStartCallback):
     """Complete what ``MLFlowLogger`` sends; a no-op without one.
 
     When a stage starts: the flattened resolved config (``<run dir>/config.yaml``) as params (values
@@ -95,7 +95,7 @@ class MLflowTracking(Callback):
 
     # ------------------------------------------------------------------ start
     @rank_zero_only
-    def _start(self, trainer: pl.Trainer) -> None:
+    def stage_started(self, trainer: pl.Trainer) -> None:
         for logger in loggers_of(trainer, MLFlowLogger):
             if logger.run_id in self._started:
                 continue
@@ -128,16 +128,6 @@ class MLflowTracking(Callback):
                 )
         if "config.yaml" in self.artifacts and (run_dir(trainer) / "config.yaml").is_file():
             client.log_artifact(logger.run_id, str(run_dir(trainer) / "config.yaml"))
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._start(trainer)
 
     # ------------------------------------------------------------------ during and after
     @rank_zero_only

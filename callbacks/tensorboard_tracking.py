@@ -7,17 +7,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.tensorboard.summary import hparams
 
+from callbacks.stage_start import StageStartCallback
 from harvest.tracking import flatten, loggers_of, run_config
 
 log = logging.getLogger(__name__)
 
 
-class TensorBoardTracking(Callback):
+class TensorBoardTracking(StageStartCallback):
     """Make TensorBoard runs comparable in the HParams tab; a no-op without a ``TensorBoardLogger``.
 
     When a stage starts, the flattened resolved config (``<run dir>/config.yaml``) is written as the
@@ -49,7 +49,7 @@ class TensorBoardTracking(Callback):
             logger._default_hp_metric = False  # no placeholder experiment record (see the class docstring)
 
     @rank_zero_only
-    def _start(self, trainer: pl.Trainer) -> None:
+    def stage_started(self, trainer: pl.Trainer) -> None:
         config = run_config(trainer)
         for logger in loggers_of(trainer, TensorBoardLogger):
             if id(logger) in self._started or config is None:
@@ -57,16 +57,6 @@ class TensorBoardTracking(Callback):
             _, session_start, _ = hparams(flatten(config), {})
             logger.experiment._get_file_writer().add_summary(session_start)
             self._started.add(id(logger))
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._start(trainer)
 
     # ------------------------------------------------------------------ histograms and graph
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from callbacks.stage_start import StageStartCallback
 from harvest.tracking import git_info, loggers_of, pipeline, run_config, run_dir, wandb_api_key_available
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _offline_reason(logger: WandbLogger) -> str:
     return "offline: true in the logger's config"
 
 
-class WandbTracking(Callback):
+class WandbTracking(StageStartCallback):
     """Complete what ``WandbLogger`` sends; a no-op without one.
 
     W&B's run is created on rank zero only (Lightning's ``WandbLogger`` does that), so a DDP job is
@@ -59,7 +59,7 @@ class WandbTracking(Callback):
         self._announced: set[str] = set()
 
     @rank_zero_only
-    def _start(self, trainer: pl.Trainer) -> None:
+    def stage_started(self, trainer: pl.Trainer) -> None:
         config = run_config(trainer) or {}
         git = git_info()
         for logger in loggers_of(trainer, WandbLogger):
@@ -76,16 +76,6 @@ class WandbTracking(Callback):
                     _offline_reason(logger),
                     offline_dir(run),
                 )
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._start(trainer)
 
     @rank_zero_only
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
