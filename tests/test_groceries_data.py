@@ -119,10 +119,7 @@ def test_missing_root_says_where_to_put_the_data(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # never synthesised silently
 
 
-def test_synthesize_writes_the_demo_set_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(logging.getLogger("datamodules"), "propagate", True)  # the CLI turns it off
+def test_synthesize_writes_the_demo_set_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="datamodules.groceries"):
         dm = _dm(tmp_path / "synthetic", synthesize=True)
     assert dm.num_classes == 6 and (tmp_path / "synthetic" / "test" / "milk").is_dir()
