@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,23 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _DropAdvertisements(logging.Filter):
+    """Lightning's "💡 Tip: try installing …" lines advertise other products; runs do not need them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 def configure_logging() -> None:
-    """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr."""
+    """Show Harvest's INFO lines (one-line notes such as the precision fallback) on stderr.
+
+    Also drops two kinds of third-party noise that say nothing about the run: Lightning's product
+    tips and the torch 2.14 ``LeafSpec`` deprecation warning raised inside Lightning.
+    """
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisements) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdvertisements())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in ("harvest", "callbacks", "datamodules", "lightning_modules"):
         logger = logging.getLogger(name)
         if not logger.handlers:

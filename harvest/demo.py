@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from harvest.cli import cli_main, configure_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("harvest.demo")  # not __name__: that is "__main__" under python -m
 
 #: name -> (title, configs composed in order, last wins)
 DEMOS: dict[str, tuple[str, list[str]]] = {
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harvest.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(DEMOS), action="append", help="run only this demo (repeatable)")
     args, extra = parser.parse_known_args(argv)
+    sys.argv = sys.argv[:1]  # the demo's own flags are not harvest fit's (LightningCLI would warn)
     configure_logging()
     run_demo(args.only or list(DEMOS), extra)
 
