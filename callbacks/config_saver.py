@@ -23,7 +23,11 @@ class RunConfigSaver(SaveConfigCallback):
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             self.parser.save(
-                self.config, str(run_dir / self.config_filename), skip_none=False, overwrite=True, multifile=self.multifile
+                self.config,
+                str(run_dir / self.config_filename),
+                skip_none=False,
+                overwrite=True,
+                multifile=self.multifile,
             )
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True

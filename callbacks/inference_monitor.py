@@ -82,12 +82,22 @@ class InferenceMonitor(Callback):
         self._reference()  # a bad reference fails before any image is read
         self.stats = MonitorStats()
 
-    def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         self._started = time.perf_counter()
 
-    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         seconds = time.perf_counter() - self._started
@@ -115,7 +125,9 @@ class InferenceMonitor(Callback):
         metrics = self.report["metrics"]
         log.info(
             "monitoring: %d samples, avg confidence %.3f, %.2f ms/sample, %.1f samples/s%s -> %s",
-            self.stats.samples, metrics["monitor/avg_confidence"], metrics["monitor/avg_inference_time_ms"],
+            self.stats.samples,
+            metrics["monitor/avg_confidence"],
+            metrics["monitor/avg_inference_time_ms"],
             metrics["monitor/throughput_samples_per_sec"],
             f", accuracy {metrics['monitor/accuracy']:.3f}" if "monitor/accuracy" in metrics else "",
             run_dir / self.report_name,
@@ -123,8 +135,13 @@ class InferenceMonitor(Callback):
         drift = self.report.get("drift")
         if drift and drift["detected"]:
             log.warning(
-                "monitoring: DRIFT against %s: confidence PSI %.3f (threshold %.2f), prediction JS %.3f (threshold %.2f).",
-                self.reference, drift["confidence_psi"], self.psi_threshold, drift["prediction_js"], self.js_threshold,
+                "monitoring: DRIFT against %s: confidence PSI %.3f (threshold %.2f), "
+                "prediction JS %.3f (threshold %.2f).",
+                self.reference,
+                drift["confidence_psi"],
+                self.psi_threshold,
+                drift["prediction_js"],
+                self.js_threshold,
             )
 
     def _plots(self, folder: Path) -> dict[str, Path]:
@@ -134,8 +151,10 @@ class InferenceMonitor(Callback):
         import matplotlib.pyplot as plt
 
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"confidence_histogram": folder / "monitor_confidence_histogram.png",
-                 "prediction_distribution": folder / "monitor_prediction_distribution.png"}
+        paths = {
+            "confidence_histogram": folder / "monitor_confidence_histogram.png",
+            "prediction_distribution": folder / "monitor_prediction_distribution.png",
+        }
         histogram = self.report["confidence_histogram"]
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.bar(histogram["bins"][:-1], histogram["counts"], width=0.1, align="edge")

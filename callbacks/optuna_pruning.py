@@ -34,7 +34,9 @@ class OptunaPruning(Callback):
         value = scalar_metrics(trainer.callback_metrics).get(self.monitor)
         if value is None:
             if not self._warned:
-                log.warning("sweep pruning: %r is not logged during validation; this trial runs to the end.", self.monitor)
+                log.warning(
+                    "sweep pruning: %r is not logged during validation; this trial runs to the end.", self.monitor
+                )
                 self._warned = True
             return
         self.trial.report(value, step=trainer.current_epoch)

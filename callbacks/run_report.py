@@ -67,7 +67,9 @@ class RunReport(Callback):
             elif isinstance(logger, MLFlowLogger):
                 uri = logger.experiment.tracking_uri
                 experiment = logger.experiment.get_experiment(logger.experiment_id).name
-                lines.append(f"MLflow: run {logger.run_id} in experiment '{experiment}' (mlflow ui --backend-store-uri {uri})")
+                lines.append(
+                    f"MLflow: run {logger.run_id} in experiment '{experiment}' (mlflow ui --backend-store-uri {uri})"
+                )
             elif isinstance(logger, WandbLogger):
                 lines.append(f"W&B: {logger.experiment.dir}")
         return lines

@@ -37,7 +37,9 @@ def run_demo(names: list[str], extra: list[str]) -> None:
     """
     for name in names:
         title, configs = DEMOS[name]
-        log.info("\n=== %s ===\n$ harvest fit %s %s", title, " ".join(f"--config {c}" for c in configs), " ".join(extra))
+        log.info(
+            "\n=== %s ===\n$ harvest fit %s %s", title, " ".join(f"--config {c}" for c in configs), " ".join(extra)
+        )
         cli_main(["fit", *(arg for c in configs for arg in ("--config", c)), *extra])
     from harvest.registry_cli import main as registry_main
 

@@ -1,4 +1,4 @@
-"""``harvest monitor``: monitored predictions with a registered model.
+r"""``harvest monitor``: monitored predictions with a registered model.
 
     harvest monitor grocery-ssl-classifier@production                      # the test split, with accuracy
     harvest monitor grocery-ssl-classifier@production --images incoming/ \\
@@ -37,9 +37,23 @@ def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list
     stored = yaml.safe_load(config.read_text()) or {}
     runs = Path(stored.get("trainer", {}).get("default_root_dir") or "runs/x").parent
     argv = [
-        "predict", "--config", str(config), "--ckpt_path", str(package / WEIGHTS), "--weights_only", "true",
-        "--return_predictions", "false", "--run_name", run_name, "--trainer.default_root_dir", str(runs),
-        "--trainer.callbacks+", "InferenceMonitor", "--trainer.callbacks.log_every_n_batches", str(args.log_every),
+        "predict",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(package / WEIGHTS),
+        "--weights_only",
+        "true",
+        "--return_predictions",
+        "false",
+        "--run_name",
+        run_name,
+        "--trainer.default_root_dir",
+        str(runs),
+        "--trainer.callbacks+",
+        "InferenceMonitor",
+        "--trainer.callbacks.log_every_n_batches",
+        str(args.log_every),
     ]
     if args.reference:
         argv += ["--trainer.callbacks.reference", args.reference]
@@ -55,10 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="harvest monitor", description=__doc__.splitlines()[0], epilog="Arguments after -- go to harvest predict."
     )
-    parser.add_argument("model", help="registered model as NAME, NAME:VERSION or NAME@ALIAS (default alias: production)")
+    parser.add_argument(
+        "model", help="registered model as NAME, NAME:VERSION or NAME@ALIAS (default alias: production)"
+    )
     parser.add_argument("--images", help="folder of images to predict (default: the data module's test split)")
     parser.add_argument("--reference", help="monitoring_report.json of a trusted run, to measure drift against")
-    parser.add_argument("--tracking-uri", default=None, help="registry URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="registry URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     parser.add_argument("--limit-batches", type=int, default=None, help="predict at most this many batches")
     parser.add_argument("--log-every", type=int, default=10, help="send running metrics every N batches")
     own, extra = split_passthrough(argv)

@@ -91,7 +91,10 @@ class MonitorStats:
         batch_ms = np.asarray(self.batch_ms) if self.batch_ms else np.zeros(1)
         report: dict[str, Any] = {
             "metrics": self.metrics(),
-            "latency_ms_per_batch": {"p50": float(np.percentile(batch_ms, 50)), "p95": float(np.percentile(batch_ms, 95))},
+            "latency_ms_per_batch": {
+                "p50": float(np.percentile(batch_ms, 50)),
+                "p95": float(np.percentile(batch_ms, 95)),
+            },
             "prediction_distribution": dict(sorted(self.predictions.items())),
             "confidence_histogram": {"bins": CONFIDENCE_BINS.round(2).tolist(), "counts": self.histogram()},
         }
@@ -101,7 +104,10 @@ class MonitorStats:
             report["metrics"]["monitor/drift_score"] = score
             report["metrics"]["monitor/prediction_drift_js"] = js
             report["drift"] = {
-                "confidence_psi": score, "prediction_js": js, "psi_threshold": psi_threshold, "js_threshold": js_threshold,
+                "confidence_psi": score,
+                "prediction_js": js,
+                "psi_threshold": psi_threshold,
+                "js_threshold": js_threshold,
                 "detected": bool(score > psi_threshold or js > js_threshold),
             }
         return report

@@ -137,7 +137,11 @@ def resolve_precision(trainer_cfg: Namespace) -> None:
     """
     precision = trainer_cfg.get("precision")
     accelerator = str(trainer_cfg.get("accelerator") or "auto")
-    if precision in _GPU_ONLY_PRECISIONS and not torch.cuda.is_available() and accelerator in {"auto", "gpu", "cuda", "cpu"}:
+    if (
+        precision in _GPU_ONLY_PRECISIONS
+        and not torch.cuda.is_available()
+        and accelerator in {"auto", "gpu", "cuda", "cpu"}
+    ):
         if rank_zero_only.rank == 0:
             log.warning("precision=%s needs a CUDA GPU and none is available: running in 32-true instead.", precision)
         trainer_cfg.precision = "32-true"

@@ -51,7 +51,9 @@ class Parameter:
                 return trial.suggest_categorical(key, values)
             return json.loads(trial.suggest_categorical(key, [json.dumps(v) for v in values]))
         low, high = spec["min"], spec["max"]
-        distribution = spec.get("distribution") or ("int_uniform" if isinstance(low, int) and isinstance(high, int) else "uniform")
+        distribution = spec.get("distribution") or (
+            "int_uniform" if isinstance(low, int) and isinstance(high, int) else "uniform"
+        )
         if distribution == "int_uniform":
             return trial.suggest_int(key, int(low), int(high))
         if distribution == "log_uniform_values":
@@ -102,7 +104,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     """
     path = Path(path)
     if not path.is_file():
-        raise SweepConfigError(f"{path}: sweep file not found; pass --sweep with a file like configs/sweeps/groceries_ssl.yaml")
+        raise SweepConfigError(
+            f"{path}: sweep file not found; pass --sweep with a file like configs/sweeps/groceries_ssl.yaml"
+        )
     raw = yaml.safe_load(path.read_text()) or {}
     method = raw.get("method", "bayes")
     if method not in _METHODS:
@@ -116,7 +120,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     parameters = []
     for key, spec in (raw.get("parameters") or {}).items():
         if not isinstance(spec, dict) or not ({"value", "values"} & set(spec) or {"min", "max"} <= set(spec)):
-            raise SweepConfigError(f"{path}: parameter {key!r} needs `values: [...]`, `value: x` or `min:`/`max:`; got {spec!r}")
+            raise SweepConfigError(
+                f"{path}: parameter {key!r} needs `values: [...]`, `value: x` or `min:`/`max:`; got {spec!r}"
+            )
         if method == "grid" and not {"value", "values"} & set(spec):
             raise SweepConfigError(f"{path}: grid search needs `values` for {key!r}, got a range {spec!r}")
         parameters.append(Parameter(key, spec))

@@ -1,4 +1,4 @@
-"""``harvest sweep``: hyperparameter sweeps of ``harvest fit`` runs, with Optuna here or on W&B.
+r"""``harvest sweep``: hyperparameter sweeps of ``harvest fit`` runs, with Optuna here or on W&B.
 
     harvest sweep --config configs/groceries_ssl.yaml --config configs/demo/groceries_cpu.yaml \\
         --sweep configs/sweeps/groceries_ssl.yaml --trials 8 [--storage sqlite:///optuna.db]
@@ -64,13 +64,19 @@ def run_optuna(
     }
     early = spec.early_terminate
     pruner = (
-        optuna.pruners.HyperbandPruner(min_resource=int(early.get("min_iter", 1)), reduction_factor=int(early.get("eta", 3)))
+        optuna.pruners.HyperbandPruner(
+            min_resource=int(early.get("min_iter", 1)), reduction_factor=int(early.get("eta", 3))
+        )
         if early
         else optuna.pruners.NopPruner()
     )
     study = optuna.create_study(
-        study_name=study_name, storage=storage, sampler=samplers[spec.method](), pruner=pruner,
-        direction=spec.direction, load_if_exists=True,
+        study_name=study_name,
+        storage=storage,
+        sampler=samplers[spec.method](),
+        pruner=pruner,
+        direction=spec.direction,
+        load_if_exists=True,
     )
 
     def objective(trial: Any) -> float:
@@ -94,20 +100,37 @@ def run_optuna(
 def report(study: Any, spec: SweepSpec, out_dir: Path) -> dict[str, Any]:
     """Write ``results.json`` and ``best.yaml`` into ``out_dir`` and print the trials table."""
     trials = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "run_name": t.user_attrs.get("run_name"),
-         "params": {k: t.params[k] for k in t.params}}
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "run_name": t.user_attrs.get("run_name"),
+            "params": {k: t.params[k] for k in t.params},
+        }
         for t in study.trials
     ]
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = study.best_trial if completed else None
     results = {
-        "study": study.study_name, "sweep": str(spec.path), "metric": spec.metric, "goal": spec.goal, "trials": trials,
-        "best": {"number": best.number, "value": best.value, "params": best.params, "run_name": best.user_attrs.get("run_name")}
-        if best else None,
+        "study": study.study_name,
+        "sweep": str(spec.path),
+        "metric": spec.metric,
+        "goal": spec.goal,
+        "trials": trials,
+        "best": {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "run_name": best.user_attrs.get("run_name"),
+        }
+        if best
+        else None,
     }
     write_json_atomic(out_dir / "results.json", results)
     if best is not None:
-        (out_dir / "best.yaml").write_text(yaml.safe_dump(nested_overrides(_decoded(spec, best.params)), sort_keys=False))
+        (out_dir / "best.yaml").write_text(
+            yaml.safe_dump(nested_overrides(_decoded(spec, best.params)), sort_keys=False)
+        )
 
     table = Table(title=f"Sweep {study.study_name}: {spec.metric} ({spec.goal})")
     for column in ("trial", "state", spec.metric, *(p.key for p in spec.parameters)):
@@ -117,7 +140,11 @@ def report(study: Any, spec: SweepSpec, out_dir: Path) -> dict[str, Any]:
         value = "-" if t["value"] is None else f"{t['value']:.4f}{mark}"
         table.add_row(str(t["number"]), t["state"], value, *(str(t["params"].get(p.key, "")) for p in spec.parameters))
     Console().print(table)
-    log.info("sweep results: %s (best trial marked *; rerun it with --config %s)", out_dir / "results.json", out_dir / "best.yaml")
+    log.info(
+        "sweep results: %s (best trial marked *; rerun it with --config %s)",
+        out_dir / "results.json",
+        out_dir / "best.yaml",
+    )
     return results
 
 
@@ -143,7 +170,9 @@ def export_wandb(spec: SweepSpec, configs: list[str], out_dir: Path, project: st
         log.warning(
             "W&B sweeps need the W&B server and W&B is offline here: wrote %s; once online run "
             "`wandb sweep %s` and then `wandb agent <sweep id>` (or run `harvest sweep` without --backend wandb "
-            "to sweep locally with Optuna).", path, path,
+            "to sweep locally with Optuna).",
+            path,
+            path,
         )
         return path
     require("wandb", "harvest sweep --backend wandb")
@@ -163,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("optuna", "wandb"), default="optuna")
     parser.add_argument("--trials", type=int, default=None, help="number of trials (default: run_cap, else 10)")
     parser.add_argument("--study-name", default=None, help="default: <sweep file stem>_<YYYYmmdd_HHMMSS>")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL to resume studies, e.g. sqlite:///optuna.db")
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL to resume studies, e.g. sqlite:///optuna.db"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
     parser.add_argument("--output", default="runs/sweeps", help="where the sweep's results folder is written")
     parser.add_argument("--project", default=None, help="W&B project (--backend wandb)")

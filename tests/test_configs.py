@@ -163,7 +163,8 @@ def test_fuji_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_orchard: Path)
     assert upload.name == "fuji-maskrcnn" and upload.promote_to_staging
     shipped = yaml.safe_load(Path(base).read_text())
     loggers = {item["class_path"].rsplit(".", 1)[1]: item.get("init_args", {}) for item in shipped["trainer"]["logger"]}
-    assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db" and loggers["TensorBoardLogger"]["save_dir"] == "runs"
+    assert loggers["MLFlowLogger"]["tracking_uri"] == "sqlite:///mlflow.db"
+    assert loggers["TensorBoardLogger"]["save_dir"] == "runs"
     assert shipped["trainer"]["precision"] == "bf16-mixed" and shipped["model"]["init_args"]["weights"] == "DEFAULT"
 
 

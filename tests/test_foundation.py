@@ -21,8 +21,12 @@ from harvest.run_setup import RUN_NAME_ENV, apply_run_layout, resolve_precision,
 TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData"]
 FAST = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 CHECKPOINT = [
-    "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",
-    "--trainer.callbacks.save_last", "true",
+    "--trainer.callbacks+",
+    "ModelCheckpoint",
+    "--trainer.callbacks.monitor",
+    "val/loss",
+    "--trainer.callbacks.save_last",
+    "true",
 ]
 SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
 
@@ -64,10 +68,14 @@ def test_fit_lays_out_one_run_directory_with_config_checkpoints_and_summary() ->
 
 
 def test_summary_is_written_without_any_logger_and_updated_by_test() -> None:
-    cli = cli_main(["fit", *TOY, "--trainer.max_epochs", "1", "--trainer.logger", "false", *FAST, *CHECKPOINT, *SUMMARY])
+    cli = cli_main(
+        ["fit", *TOY, "--trainer.max_epochs", "1", "--trainer.logger", "false", *FAST, *CHECKPOINT, *SUMMARY]
+    )
     run_dir = _run_dir()
     ckpt = cli.trainer.checkpoint_callback.best_model_path
-    cli_main(["test", *TOY, "--run_name", run_dir.name, "--trainer.logger", "false", *FAST, *SUMMARY, "--ckpt_path", ckpt])
+    cli_main(
+        ["test", *TOY, "--run_name", run_dir.name, "--trainer.logger", "false", *FAST, *SUMMARY, "--ckpt_path", ckpt]
+    )
 
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert 0.0 <= summary["final_metrics"]["toy/test_accuracy"] <= 1.0
@@ -93,7 +101,9 @@ def test_run_name_is_shared_with_child_processes_only() -> None:
     assert first == "fuji_apples_20250102_030405"
     child = subprocess.run(
         [sys.executable, "-c", "from harvest.run_setup import resolve_run_name; print(resolve_run_name(None, 'x'))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert child.stdout.strip() == first  # a DDP rank launched by this process gets the same name
     # a second run in the same process (a sweep, the demo) gets its own name
@@ -122,7 +132,11 @@ def test_layout_fills_defaults_and_keeps_what_the_user_set() -> None:
     run_dir = apply_run_layout(trainer, "toy_1", "toy")
     assert run_dir == Path("runs/toy_1") and trainer.default_root_dir == "runs/toy_1"
     tensorboard, mlflow = trainer.logger
-    assert (tensorboard.init_args.save_dir, tensorboard.init_args.name, tensorboard.init_args.version) == ("runs", "toy_1", "")
+    assert (tensorboard.init_args.save_dir, tensorboard.init_args.name, tensorboard.init_args.version) == (
+        "runs",
+        "toy_1",
+        "",
+    )
     assert (mlflow.init_args.experiment_name, mlflow.init_args.run_name) == ("mine", "toy_1")
     assert [c.init_args.dirpath for c in trainer.callbacks] == ["runs/toy_1/checkpoints", "keep"]
     # applying the layout to a saved config of the same run does not nest the directory
@@ -160,8 +174,24 @@ def test_ddp_on_cpu_gives_both_ranks_one_run_directory(tmp_path: Path) -> None:
     """Lightning's DDP launcher starts the command again per rank; both must agree on the run."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     command = [
-        sys.executable, "-m", "harvest", "fit", *TOY, "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false", *FAST, *CHECKPOINT, *SUMMARY,
+        sys.executable,
+        "-m",
+        "harvest",
+        "fit",
+        *TOY,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.logger",
+        "false",
+        *FAST,
+        *CHECKPOINT,
+        *SUMMARY,
     ]
     subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
 

@@ -41,7 +41,10 @@ def test_stats_report_metrics_latency_and_drift_against_a_reference() -> None:
 
 
 def test_observe_reads_classifier_and_detector_outputs() -> None:
-    classified = [{"class_name": "milk", "class_index": 1, "confidence": 0.8}, {"class_name": "egg", "class_index": 0, "confidence": 0.6}]
+    classified = [
+        {"class_name": "milk", "class_index": 1, "confidence": 0.8},
+        {"class_name": "egg", "class_index": 0, "confidence": 0.6},
+    ]
     assert observe(classified, torch.tensor([1, -1]), 0.5) == (["milk", "egg"], [0.8, 0.6], [True, None])
     detected = [{"scores": torch.tensor([0.9, 0.6, 0.3])}, {"scores": torch.zeros(0)}]
     assert observe(detected, None, 0.5) == (["2 detections", "0 detections"], [pytest.approx(0.9), 0.0], [None, None])
@@ -49,48 +52,88 @@ def test_observe_reads_classifier_and_detector_outputs() -> None:
 
 def _predict_args(run, run_name: str, *extra: str) -> list[str]:
     return [
-        "predict", "--config", str(run.run_dir / "config.yaml"), "--ckpt_path", str(run.best_checkpoint),
-        "--weights_only", "true", "--return_predictions", "false", "--run_name", run_name,
-        "--trainer.default_root_dir", "runs", "--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "runs",
-        "--trainer.callbacks+", "InferenceMonitor", "--trainer.callbacks.log_every_n_batches", "1", *extra,
+        "predict",
+        "--config",
+        str(run.run_dir / "config.yaml"),
+        "--ckpt_path",
+        str(run.best_checkpoint),
+        "--weights_only",
+        "true",
+        "--return_predictions",
+        "false",
+        "--run_name",
+        run_name,
+        "--trainer.default_root_dir",
+        "runs",
+        "--trainer.logger",
+        "TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        "runs",
+        "--trainer.callbacks+",
+        "InferenceMonitor",
+        "--trainer.callbacks.log_every_n_batches",
+        "1",
+        *extra,
     ]
 
 
-def test_monitored_prediction_writes_a_report_metrics_plots_and_drift(in_tmp: Path, grocery_run, tiny_groceries: Path) -> None:
+def test_monitored_prediction_writes_a_report_metrics_plots_and_drift(
+    in_tmp: Path, grocery_run, tiny_groceries: Path
+) -> None:
     cli_main(_predict_args(grocery_run, "reference"))
     reference = json.loads(Path("runs/reference/monitoring_report.json").read_text())
     test_images = sum(1 for _ in (tiny_groceries / "test").rglob("*.jpg"))
     metrics = reference["metrics"]
     assert metrics["monitor/samples"] == test_images
-    assert sum(reference["prediction_distribution"].values()) == sum(reference["confidence_histogram"]["counts"]) == test_images
+    assert (
+        sum(reference["prediction_distribution"].values())
+        == sum(reference["confidence_histogram"]["counts"])
+        == test_images
+    )
     assert 0.0 <= metrics["monitor/accuracy"] <= 1.0 and metrics["monitor/avg_inference_time_ms"] > 0
     assert {p.name for p in Path("runs/reference/plots").iterdir()} >= {
-        "monitor_confidence_histogram.png", "monitor_prediction_distribution.png"}
+        "monitor_confidence_histogram.png",
+        "monitor_prediction_distribution.png",
+    }
     events = EventAccumulator("runs/reference").Reload()
     assert events.Scalars("monitor/avg_confidence")[-1].value == pytest.approx(metrics["monitor/avg_confidence"])
     assert "monitor/confidence_histogram" in events.Tags()["images"]
 
     # the same images against themselves: no drift; uniform grey images: a measured shift
-    cli_main(_predict_args(grocery_run, "same", "--trainer.callbacks.reference", "runs/reference/monitoring_report.json"))
+    cli_main(
+        _predict_args(grocery_run, "same", "--trainer.callbacks.reference", "runs/reference/monitoring_report.json")
+    )
     same = json.loads(Path("runs/same/monitoring_report.json").read_text())
     assert same["drift"]["confidence_psi"] == pytest.approx(0.0, abs=1e-6) and same["drift"]["detected"] is False
     incoming = Path("incoming")
     incoming.mkdir()
     for i in range(6):
         Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(incoming / f"grey_{i}.jpg")
-    cli_main(_predict_args(grocery_run, "grey", "--data.init_args.predict_root", "incoming",
-                           "--trainer.callbacks.reference", "runs/reference/monitoring_report.json"))
+    cli_main(
+        _predict_args(
+            grocery_run,
+            "grey",
+            "--data.init_args.predict_root",
+            "incoming",
+            "--trainer.callbacks.reference",
+            "runs/reference/monitoring_report.json",
+        )
+    )
     grey = json.loads(Path("runs/grey/monitoring_report.json").read_text())
     assert "monitor/accuracy" not in grey["metrics"]  # unlabeled images
     assert len(grey["prediction_distribution"]) == 1  # identical images, identical predictions
     assert grey["drift"]["prediction_js"] == pytest.approx(
-        js_divergence(reference["prediction_distribution"], grey["prediction_distribution"]))
+        js_divergence(reference["prediction_distribution"], grey["prediction_distribution"])
+    )
     assert grey["drift"]["detected"] == (grey["drift"]["confidence_psi"] > 0.2 or grey["drift"]["prediction_js"] > 0.1)
 
 
 def test_a_bad_reference_fails_before_predicting(in_tmp: Path, grocery_run) -> None:
     Path("notes.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"reference=notes.json: not a monitoring report \(no key 'confidence_histogram'\).*harvest predict"):
+    with pytest.raises(
+        ValueError,
+        match=r"reference=notes.json: not a monitoring report \(no key 'confidence_histogram'\).*harvest predict",
+    ):
         cli_main(_predict_args(grocery_run, "bad", "--trainer.callbacks.reference", "notes.json"))
     assert not Path("runs/bad/monitoring_report.json").exists()
 

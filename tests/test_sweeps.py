@@ -17,7 +17,10 @@ TOY_CONFIG = {
     "model": {"class_path": "toy_lightning.ToyModel"},
     "data": {"class_path": "toy_lightning.ToyData"},
     "trainer": {
-        "max_epochs": 2, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+        "max_epochs": 2,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
         "callbacks": [{"class_path": "callbacks.TrainingSummary"}],
     },
 }
@@ -35,8 +38,10 @@ def _sweep(tmp_path: Path, **overrides: object) -> Path:
     spec = {
         "method": "random",
         "metric": {"name": "val/loss", "goal": "minimize"},
-        "parameters": {"model.init_args.lr": {"min": 0.01, "max": 1.0, "distribution": "log_uniform_values"},
-                       "data.init_args.batch_size": {"values": [8, 32]}},
+        "parameters": {
+            "model.init_args.lr": {"min": 0.01, "max": 1.0, "distribution": "log_uniform_values"},
+            "data.init_args.batch_size": {"values": [8, 32]},
+        },
         **overrides,
     }
     path = tmp_path / "sweep.yaml"
@@ -46,7 +51,9 @@ def _sweep(tmp_path: Path, **overrides: object) -> Path:
 
 def test_optuna_sweep_runs_real_trials_and_writes_the_best_config(toy_config: Path, tmp_path: Path) -> None:
     sweep = _sweep(tmp_path)
-    cli_main(["sweep", "--config", str(toy_config), "--sweep", str(sweep), "--trials", "3", "--study-name", "toy_sweep"])
+    cli_main(
+        ["sweep", "--config", str(toy_config), "--sweep", str(sweep), "--trials", "3", "--study-name", "toy_sweep"]
+    )
 
     results = json.loads(Path("runs/sweeps/toy_sweep/results.json").read_text())
     assert [t["state"] for t in results["trials"]] == ["COMPLETE"] * 3
@@ -67,8 +74,21 @@ def test_optuna_sweep_runs_real_trials_and_writes_the_best_config(toy_config: Pa
 
 def test_hyperband_prunes_on_the_monitored_metric(toy_config: Path, tmp_path: Path) -> None:
     sweep = _sweep(tmp_path, early_terminate={"type": "hyperband", "min_iter": 1, "monitor": "val/loss"})
-    cli_main(["sweep", "--config", str(toy_config), "--sweep", str(sweep), "--trials", "6", "--study-name", "hb",
-              "--", "--trainer.max_epochs=4"])
+    cli_main(
+        [
+            "sweep",
+            "--config",
+            str(toy_config),
+            "--sweep",
+            str(sweep),
+            "--trials",
+            "6",
+            "--study-name",
+            "hb",
+            "--",
+            "--trainer.max_epochs=4",
+        ]
+    )
     results = json.loads(Path("runs/sweeps/hb/results.json").read_text())
     states = {t["state"] for t in results["trials"]}
     assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
@@ -94,14 +114,19 @@ def test_wandb_export_keeps_the_keys_and_says_what_to_run_offline(
     assert exported["early_terminate"] == {"type": "hyperband", "min_iter": 2}
     assert set(exported["parameters"]) == {"model.init_args.lr", "data.init_args.batch_size"}
     # what a W&B agent would run parses as a harvest fit command line
-    cli = HarvestCLI(args=["--config", str(toy_config), "--model.init_args.lr=0.05", "--data.init_args.batch_size=8"], run=False)
+    cli = HarvestCLI(
+        args=["--config", str(toy_config), "--model.init_args.lr=0.05", "--data.init_args.batch_size=8"], run=False
+    )
     assert cli.model.hparams.lr == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"method": "hill", "metric": {"name": "m"}, "parameters": {"a": {"values": [1]}}}, "method 'hill' is not one of"),
+        (
+            {"method": "hill", "metric": {"name": "m"}, "parameters": {"a": {"values": [1]}}},
+            "method 'hill' is not one of",
+        ),
         ({"parameters": {"a": {"values": [1]}}}, "metric.name is missing"),
         ({"metric": {"name": "m"}, "parameters": {"a": {"min": 1}}}, "parameter 'a' needs"),
         ({"method": "grid", "metric": {"name": "m"}, "parameters": {"a": {"min": 1, "max": 2}}}, "grid search needs"),
