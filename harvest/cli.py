@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from callbacks.config_saver import RunConfigSaver
@@ -134,9 +136,27 @@ def cli_main(args: ArgsType = None) -> Any:
     return HarvestCLI(args=args)
 
 
+#: What a user can cause and fix (a missing folder, a bad value, an unreachable service): shown as
+#: the one-line message the component wrote, without a traceback, unless HARVEST_DEBUG is set.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, RuntimeError, KeyError, ImportError, MisconfigurationException,
+)
+
+
 def main() -> None:
-    """Console-script entry point (``harvest``): like :func:`cli_main`, returning nothing to ``sys.exit``."""
-    cli_main()
+    """Console-script entry point (``harvest``, ``python -m harvest``).
+
+    Like :func:`cli_main`, but a user error ends the process with its one-line message and exit
+    status 1 instead of a traceback (``HARVEST_DEBUG=1`` shows the traceback).
+    """
+    try:
+        cli_main()
+    except USER_ERRORS as error:
+        if os.environ.get("HARVEST_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        sys.stderr.write(f"harvest: error: {message} [{type(error).__name__}; HARVEST_DEBUG=1 shows the traceback]\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -200,3 +200,19 @@ def test_ddp_on_cpu_gives_both_ranks_one_run_directory(tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["epochs_trained"] == 2
     assert Path(summary["best_checkpoint"]).parent.resolve() == (run_dir / "checkpoints").resolve()
     assert [p.name for p in Path("runs").iterdir()] == [run_dir.name]
+
+
+def test_the_command_shows_a_user_error_as_one_line_without_a_traceback(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "groceries_ssl.yaml"
+    command = [sys.executable, "-m", "harvest", "fit", "--config", str(config), "--data.root", "no/such/folder"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("harvest: error: DS2GROCERIES not found: no/such/folder/train is missing.")
+    )
+    debug = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HARVEST_DEBUG": "1"}
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
