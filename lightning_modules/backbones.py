@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.error
-from pathlib import Path
-
-import torch
 import torchvision
 from torch import nn
 
-
-def _download_hint(name: str, weights: str) -> str:
-    try:
-        url = torchvision.models.get_model_weights(name)[weights].url
-    except (KeyError, ValueError):
-        return ""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return f"put {Path(url).name} (from {url}) into {folder}/ or "
+from lightning_modules.weights import fetching_weights
 
 
 def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
@@ -44,16 +33,8 @@ def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, in
             raise ValueError(
                 f"model.init_args.weights={weights!r} does not exist for {name}: use one of {valid} or null."
             )
-    try:
+    with fetching_weights(name, weights, "model.init_args.weights"):
         model = torchvision.models.get_model(name, weights=weights)
-    except (urllib.error.URLError, OSError, RuntimeError) as error:
-        if weights is None:
-            raise
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RuntimeError(
-            f"could not load the {weights} weights of {name} ({reason}): "
-            f"{_download_hint(name, weights)}set model.init_args.weights: null to start from random weights."
-        ) from error
 
     linears = [(path, module) for path, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:

@@ -23,6 +23,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
+from lightning_modules.weights import fetching_weights
+
 Architecture = Literal[
     "maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn", "resnet18", "resnet34", "mobilenet_v3_large"
 ]
@@ -57,8 +59,7 @@ def _weights(model_name: str, value: str | None):  # noqa: ANN202 - a torchvisio
 def _anchor_generator(sizes: list[int], levels: int, per_level: bool) -> AnchorGenerator:
     if per_level and len(sizes) != levels:
         raise ValueError(
-            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), "
-            "e.g. [32, 64, 128, 256, 512]."
+            f"anchor_sizes={sizes} must give one size per FPN level ({levels} levels), e.g. [32, 64, 128, 256, 512]."
         )
     per_level_sizes = tuple((s,) for s in sizes) if per_level else (tuple(sizes),) * levels
     return AnchorGenerator(per_level_sizes, (_ASPECT_RATIOS,) * levels)
@@ -95,13 +96,15 @@ def build_mask_rcnn(
     if arch in ("maskrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn"):
         builder = maskrcnn_resnet50_fpn_v2 if arch.endswith("_v2") else maskrcnn_resnet50_fpn
         if fetch or not (weights or weights_backbone):
-            model = builder(
-                weights=weights,
-                weights_backbone=weights_backbone,
-                num_classes=None if weights else num_classes,
-                trainable_backbone_layers=trainable_backbone_layers,
-                **detector_options,
-            )
+            fetched = (arch, weights, "weights") if weights else ("resnet50", weights_backbone, "weights_backbone")
+            with fetching_weights(fetched[0], fetched[1], f"model.init_args.{fetched[2]}"):
+                model = builder(
+                    weights=weights,
+                    weights_backbone=weights_backbone,
+                    num_classes=None if weights else num_classes,
+                    trainable_backbone_layers=trainable_backbone_layers,
+                    **detector_options,
+                )
         else:  # the pretrained layout, its weights about to come from a checkpoint
             model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **detector_options)
             if builder is maskrcnn_resnet50_fpn:
@@ -160,29 +163,15 @@ def _light_mask_rcnn(
     if not trained:
         layers = 6 if mobilenet else 5  # every stage learns from random weights
     else:
-        layers = (
-            3 if trainable_backbone_layers is None else trainable_backbone_layers
-        )  # torchvision's default
-    if mobilenet:
-        backbone = mobilenet_backbone(
-            backbone_name=arch,
-            weights=backbone_weights,
-            fpn=True,
-            norm_layer=norm_layer,
-            trainable_layers=layers,
-        )
-    else:
-        backbone = resnet_fpn_backbone(
-            backbone_name=arch, weights=backbone_weights, norm_layer=norm_layer, trainable_layers=layers
-        )
+        layers = 3 if trainable_backbone_layers is None else trainable_backbone_layers  # torchvision's default
+    with fetching_weights(arch, weights_backbone if fetch else None, "model.init_args.weights_backbone"):
+        backbone = _light_backbone(arch, backbone_weights, norm_layer, layers)
     if channels != backbone.out_channels:
         in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]
         backbone.fpn = FeaturePyramidNetwork(in_channels, channels, extra_blocks=backbone.fpn.extra_blocks)
         backbone.out_channels = channels
     levels = 3 if mobilenet else 5
-    anchors = _anchor_generator(
-        anchor_sizes or [32, 64, 128, 256, 512], levels=levels, per_level=not mobilenet
-    )
+    anchors = _anchor_generator(anchor_sizes or [32, 64, 128, 256, 512], levels=levels, per_level=not mobilenet)
     representation = 4 * channels
     return MaskRCNN(
         backbone,
@@ -287,3 +276,16 @@ def losses_and_detections(
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     detections = model.transform.postprocess(detections, image_list.image_sizes, sizes)
     return {**roi_losses, **rpn_losses}, detections
+
+
+def _light_backbone(arch: str, weights: object, norm_layer: type[nn.Module], layers: int) -> nn.Module:
+    """The FPN backbone of a lighter Mask R-CNN (ResNet-18/34 or MobileNetV3)."""
+    if arch == "mobilenet_v3_large":
+        return mobilenet_backbone(
+            backbone_name=arch,
+            weights=weights,
+            fpn=True,
+            norm_layer=norm_layer,
+            trainable_layers=layers,
+        )
+    return resnet_fpn_backbone(backbone_name=arch, weights=weights, norm_layer=norm_layer, trainable_layers=layers)
