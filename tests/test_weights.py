@@ -30,10 +30,8 @@ def test_a_classifier_backbone_names_the_file_the_folder_and_the_setting(offline
         build_backbone("resnet18", "DEFAULT")
     message = str(error.value)
     assert "\n" not in message and "network unreachable" in message
-    assert (
-        f"put resnet18-f37072fd.pth (from https://download.pytorch.org/models/resnet18-f37072fd.pth) into {offline_hub}/"
-        in message
-    )
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert f"put resnet18-f37072fd.pth (from {url}) into {offline_hub}/" in message
     assert message.endswith("set model.init_args.weights: null to start from random weights.")
 
 
