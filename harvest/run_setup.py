@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 RUN_NAME_ENV = "HARVEST_RUN_NAME"
 _RUN_NAME_PID_ENV = "HARVEST_RUN_NAME_PID"
 DEFAULT_RUNS_DIR = "runs"
-_GPU_ONLY_PRECISIONS = {"bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true", 16}
+#: Autocast precisions meant for CUDA; "-true" precisions are the user's explicit choice and stay as they are.
+_GPU_ONLY_PRECISIONS = {"bf16-mixed", "16-mixed", "bf16", "16", 16}
 
 
 def pipeline_name(data_cfg: Any) -> str:
