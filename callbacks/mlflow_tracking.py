@@ -62,7 +62,8 @@ class MLflowTracking(StageStartCallback):
     A server that stops answering mid-run (checked at every epoch end and before uploads) does not
     stop training: the logger is detached with one warning and the run finishes locally (checkpoints,
     ``training_summary.json``, TensorBoard). A server unreachable at start stops the run before any
-    training, with one line saying how to fix it.
+    training, with one line saying how to fix it; through ``harvest`` it is found in seconds by
+    :meth:`preflight`, before MLflow's own requests retry for minutes.
 
     Args:
         log_params: Send the resolved config as params.
@@ -92,6 +93,22 @@ class MLflowTracking(StageStartCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.buffer_seconds and loggers_of(trainer, MLFlowLogger):
             os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(self.buffer_seconds))
+
+    def preflight(self, trainer: pl.Trainer) -> None:
+        """Fail in seconds, before anything runs, when a tracking server is down (``HarvestCLI`` calls it).
+
+        Lightning's first MLflow request comes before any callback hook, and MLflow retries an
+        unreachable server for minutes before it gives up.
+        """
+        for logger in loggers_of(trainer, MLFlowLogger):
+            uri = tracking_uri(logger)
+            problem = server_problem(uri, self.health_timeout)
+            if problem:
+                raise RuntimeError(
+                    f"MLflow tracking server {uri} cannot be reached ({problem}): nothing was run. Start it "
+                    "(mlflow server --host 127.0.0.1 --port <port>), set trainer.logger's tracking_uri to a "
+                    "reachable one, or leave MLflow out (--config configs/loggers/tensorboard.yaml)."
+                )
 
     # ------------------------------------------------------------------ start
     @rank_zero_only

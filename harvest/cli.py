@@ -66,6 +66,15 @@ class HarvestCLI(LightningCLI):
         self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
         resolve_precision(config.trainer)
 
+    def preflight(self) -> None:
+        """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``)."""
+        for callback in self.trainer.callbacks:
+            check = getattr(callback, "preflight", None)
+            if callable(check):
+                check(self.trainer)
+
+    before_fit = before_validate = before_test = before_predict = preflight
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()

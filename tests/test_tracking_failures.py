@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from toy_lightning import ToyData, ToyModel
 
 from callbacks import MLflowTracking, TrainingSummary
+from harvest.cli import cli_main
 
 
 @pytest.fixture
@@ -28,9 +30,7 @@ def fast_failing_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def harvest_lines(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> pytest.LogCaptureFixture:
+def harvest_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
     """Harvest's callback messages, also when the CLI already pointed them at stderr only."""
     monkeypatch.setattr(logging.getLogger("callbacks"), "propagate", True)
     caplog.set_level(logging.WARNING, logger="callbacks")
@@ -50,9 +50,7 @@ class CutAfterEpoch(pl.Callback):
 
 
 def _trainer(run_dir: Path, uri: str, *extra: pl.Callback) -> tuple[pl.Trainer, MLFlowLogger]:
-    mlflow_logger = MLFlowLogger(
-        experiment_name="failures", run_name=run_dir.name, tracking_uri=uri, synchronous=False
-    )
+    mlflow_logger = MLFlowLogger(experiment_name="failures", run_name=run_dir.name, tracking_uri=uri, synchronous=False)
     loggers = [TensorBoardLogger(save_dir=str(run_dir.parent), name=run_dir.name, version=""), mlflow_logger]
     callbacks = [
         *extra,
@@ -100,9 +98,7 @@ def test_server_dying_mid_run_detaches_mlflow_and_training_completes(
     mlflow.flush_async_logging()  # writes queued after the cut fail now, with no retries
 
     # one warning, MLflow detached, everything local complete
-    (line,) = [
-        r.getMessage() for r in harvest_lines.records if "training goes on without MLflow" in r.getMessage()
-    ]
+    (line,) = [r.getMessage() for r in harvest_lines.records if "training goes on without MLflow" in r.getMessage()]
     assert relay.uri in line and "after epoch 1" in line and str(run_dir) in line
     assert not any(isinstance(lg, MLFlowLogger) for lg in trainer.loggers)
     summary = json.loads((run_dir / "training_summary.json").read_text())
@@ -113,3 +109,32 @@ def test_server_dying_mid_run_detaches_mlflow_and_training_completes(
     # the server kept what it got before the cut (epochs 0 and maybe 1, 4 steps each), nothing after
     history = MlflowClient(mlflow_server.uri).get_metric_history(mlflow_logger.run_id, "train/loss")
     assert 1 <= len(history) <= 2 and all(m.step < 8 for m in history)
+
+
+def test_harvest_finds_a_dead_tracking_server_in_seconds_before_anything_runs(in_tmp: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there; MLflow's own retries would take minutes
+    args = [
+        "fit",
+        "--model",
+        "toy_lightning.ToyModel",
+        "--data",
+        "toy_lightning.ToyData",
+        "--run_name",
+        "dead",
+        "--trainer.logger",
+        "MLFlowLogger",
+        "--trainer.logger.tracking_uri",
+        uri,
+        "--trainer.callbacks+",
+        "MLflowTracking",
+        "--trainer.callbacks+",
+        "TrainingSummary",
+    ]
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError) as error:
+        cli_main(args)
+    assert time.perf_counter() - started < 30
+    message = str(error.value)
+    assert "\n" not in message and f"MLflow tracking server {uri} cannot be reached" in message
+    assert "nothing was run" in message and "configs/loggers/tensorboard.yaml" in message
+    assert not Path("runs/dead/training_summary.json").exists()
