@@ -10,29 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
 from harvest.run_setup import RUN_NAME_ENV
 
-TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData", "--seed_everything", "0"]
-QUIET = [
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--trainer.logger",
-    "false",
-]
-CHECKPOINT = [
-    "--trainer.callbacks+",
-    "ModelCheckpoint",
-    "--trainer.callbacks.monitor",
-    "val/loss",
-    "--trainer.callbacks.save_last",
-    "true",
-    "--trainer.callbacks+",
-    "TrainingSummary",
-]
+TOY = [*TOY_ARGS, "--seed_everything", "0"]
+QUIET = [*QUIET_ARGS, "--trainer.logger", "false"]
+CHECKPOINT = [*CHECKPOINT_ARGS, "--trainer.callbacks+", "TrainingSummary"]
 
 
 def train_toy(root: Path, run_name: str, *extra: str) -> Path:

@@ -14,20 +14,12 @@ import pytest
 import torch
 import yaml
 from jsonargparse import Namespace
+from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
 from harvest.run_setup import RUN_NAME_ENV, apply_run_layout, resolve_precision, resolve_run_name
 
-TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData"]
-FAST = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-CHECKPOINT = [
-    "--trainer.callbacks+",
-    "ModelCheckpoint",
-    "--trainer.callbacks.monitor",
-    "val/loss",
-    "--trainer.callbacks.save_last",
-    "true",
-]
+TOY, FAST, CHECKPOINT = TOY_ARGS, QUIET_ARGS, CHECKPOINT_ARGS
 SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import clear_run_name
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from toy_lightning import ToyModel
+from toy_lightning import QUIET_ARGS, ToyModel
 
 from harvest.cli import cli_main
 
 TOY = ["--model", "test_tracking_tensorboard.GraphToy", "--data", "toy_lightning.ToyData"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+QUIET = QUIET_ARGS
 TRACKERS = [
     "TensorBoardTracking",
     "MLflowTracking",

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 from conftest import clear_run_name
+from toy_lightning import QUIET_ARGS, TOY_ARGS
 from wandb_records import OfflineRun
 
 from harvest.cli import cli_main
 
 TESTS = Path(__file__).resolve().parent
-TOY = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData", "--trainer.max_epochs", "2"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TOY = [*TOY_ARGS, "--trainer.max_epochs", "2"]
+QUIET = QUIET_ARGS
 WANDB = [
     "--trainer.logger", "WandbLogger",
     "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",

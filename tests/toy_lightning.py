@@ -72,3 +72,12 @@ class ToyModel(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+#: ``harvest`` arguments for the toy pipeline, shared by the tests that drive the CLI with it.
+TOY_ARGS = ["--model", "toy_lightning.ToyModel", "--data", "toy_lightning.ToyData"]
+QUIET_ARGS = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+CHECKPOINT_ARGS = [
+    "--trainer.callbacks+", "ModelCheckpoint", "--trainer.callbacks.monitor", "val/loss",
+    "--trainer.callbacks.save_last", "true",
+]  # fmt: skip
