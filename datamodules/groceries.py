@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -26,7 +26,7 @@ from datamodules.image_folder import (
     unreadable_images,
 )
 from datamodules.labeled_split import make_split
-from datamodules.synthetic import write_groceries
+from datamodules.synthetic import SyntheticGroceries
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ class GroceriesDataModule(pl.LightningDataModule):
         augmentations: Training transforms applied after the random resized crop (torchvision
             ``transforms.v2`` modules); ``None`` means a random horizontal flip, ``[]`` none.
         crop_scale: Area range of the training random resized crop.
-        synthesize: Demo only: when ``root`` does not exist, write a small synthetic grocery set there.
-        skip_bad_images: Skip images that cannot be decoded (with a warning counting them) instead of failing.
+        synthetic: Demo only: when ``root`` does not exist, write a synthetic grocery set of this shape
+            there (and say so); never used when the folder exists.
+        on_bad_data: ``error``: an image that cannot be decoded stops the run naming the file; ``skip``:
+            such images are left out with a warning counting them.
         predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
 
     """
@@ -76,8 +78,8 @@ class GroceriesDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         augmentations: list[torch.nn.Module] | None = None,
         crop_scale: tuple[float, float] = (0.7, 1.0),
-        synthesize: bool = False,
-        skip_bad_images: bool = False,
+        synthetic: SyntheticGroceries | None = None,
+        on_bad_data: Literal["error", "skip"] = "error",
         predict_root: str | None = None,
     ) -> None:
         super().__init__()
@@ -90,14 +92,14 @@ class GroceriesDataModule(pl.LightningDataModule):
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.augmentations = [v2.RandomHorizontalFlip()] if augmentations is None else list(augmentations)
         self.crop_scale = tuple(crop_scale)
-        self.skip_bad_images = skip_bad_images
+        self.on_bad_data = on_bad_data
         self.predict_root = Path(predict_root) if predict_root else None
-        if synthesize and not self.root.exists():
+        if synthetic is not None and not self.root.exists():
             log.warning(
-                "data.synthesize: %s does not exist, writing a synthetic grocery set there (demo data).",
+                "data.root=%s does not exist: writing the configured synthetic grocery set there (demo data).",
                 self.root,
             )
-            write_groceries(self.root, seed=seed)
+            synthetic.write(self.root)
         if not (self.root / "train").is_dir():
             raise FileNotFoundError(
                 f"DS2GROCERIES not found: {self.root / 'train'} is missing. "
@@ -139,10 +141,10 @@ class GroceriesDataModule(pl.LightningDataModule):
             more = f" ({more} more problem{'s' * (more > 1)}: run `harvest data check`)" if more else ""
             raise ValueError(problems[0] + more)
         bad = unreadable_images(files)
-        if bad and not self.skip_bad_images:
+        if bad and self.on_bad_data == "error":
             raise BadImageError(f"{bad_image_message(*bad[0])} ({len(bad)} unreadable images found)")
         if bad:
-            log.warning("Skipping %d unreadable images (data.skip_bad_images), e.g. %s.", len(bad), bad[0][0])
+            log.warning("Skipping %d unreadable images (data.on_bad_data: skip), e.g. %s.", len(bad), bad[0][0])
         skip = {p for p, _ in bad}
         self.samples = {
             split: [

@@ -106,7 +106,7 @@ def bad_image_message(path: Path, why: str) -> str:
     """One line naming an unreadable image, the reason and the fix."""
     return (
         f"{path}: cannot read image ({why}); replace or delete the file, "
-        "or set data.init_args.skip_bad_images: true to skip such files."
+        "or set data.init_args.on_bad_data: skip to leave such files out."
     )
 
 

@@ -149,9 +149,7 @@ def write_groceries(
 
     """
     if not 1 <= num_classes <= len(PRODUCTS):
-        raise ValueError(
-            f"num_classes={num_classes}: the synthetic grocery set has 1 to {len(PRODUCTS)} classes."
-        )
+        raise ValueError(f"num_classes={num_classes}: the synthetic grocery set has 1 to {len(PRODUCTS)} classes.")
     root = Path(root)
     counts = dict(zip(SPLITS, (train_per_class, val_per_class, test_per_class), strict=True))
     for split_index, split in enumerate(SPLITS):
@@ -162,7 +160,33 @@ def write_groceries(
             folder.mkdir(parents=True, exist_ok=True)
             for n in range(counts[split]):
                 rng = np.random.default_rng([seed, split_index, class_index, n])
-                render(product, image_size, rng).save(
-                    folder / f"{product.name}_{split}_{n:04d}.jpg", quality=90
-                )
+                render(product, image_size, rng).save(folder / f"{product.name}_{split}_{n:04d}.jpg", quality=90)
     return root
+
+
+@dataclass
+class SyntheticGroceries:
+    """Shape of the synthetic grocery set a demo config asks for (``data.synthetic``).
+
+    Args:
+        num_classes: Number of product classes (at most ``len(PRODUCTS)``).
+        train_per_class: Training images per class.
+        val_per_class: Validation images per class (0: no ``val/`` folder).
+        test_per_class: Test images per class.
+        image_size: Width and height of the JPEG files in pixels.
+        seed: Seed; the same seed writes the same images.
+    """
+
+    num_classes: int = 6
+    train_per_class: int = 40
+    val_per_class: int = 10
+    test_per_class: int = 20
+    image_size: int = 64
+    seed: int = 0
+
+    def write(self, root: Path) -> Path:
+        """Write the set under ``root`` (created) and return ``root``."""
+        return write_groceries(
+            root, self.num_classes, self.train_per_class, self.val_per_class, self.test_per_class,
+            self.image_size, self.seed,
+        )  # fmt: skip

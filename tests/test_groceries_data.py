@@ -14,7 +14,7 @@ from conftest import copy_of
 from datamodules.groceries import GroceriesDataModule
 from datamodules.image_folder import BadImageError
 from datamodules.labeled_split import stratified_choice
-from datamodules.synthetic import write_groceries
+from datamodules.synthetic import SyntheticGroceries, write_groceries
 
 
 def _dm(root: Path, **kwargs) -> GroceriesDataModule:
@@ -75,9 +75,7 @@ def test_split_is_kept_in_the_state_dict(tiny_groceries: Path) -> None:
     first = _dm(tiny_groceries, seed=1)
     first.setup("fit")
     other = _dm(tiny_groceries, seed=2)
-    other.load_state_dict(
-        json.loads(json.dumps(first.state_dict()))
-    )  # what a checkpoint carries is plain data
+    other.load_state_dict(json.loads(json.dumps(first.state_dict())))  # what a checkpoint carries is plain data
     other.setup("fit")
     assert np.array_equal(other.labeled_mask, first.labeled_mask)
 
@@ -86,9 +84,7 @@ def test_loaders_train_on_labeled_images_and_extract_from_all(tiny_groceries: Pa
     dm = _dm(tiny_groceries, labeled_ratio=0.5)
     dm.setup("fit")
     train = [batch for batch in dm.train_dataloader()]
-    assert [len(b[1]) for b in train] == [4, 4, 4, 4, 2] and all(
-        (b[1] >= 0).all() for b in train
-    )  # 18 labeled
+    assert [len(b[1]) for b in train] == [4, 4, 4, 4, 2] and all((b[1] >= 0).all() for b in train)  # 18 labeled
     odd = _dm(tiny_groceries, labeled_ratio=0.5, batch_size=17)
     assert [len(b[1]) for b in odd.train_dataloader()] == [17]  # not a batch of one image for BatchNorm
     images, targets, paths = next(iter(dm.all_train_dataloader()))
@@ -119,13 +115,15 @@ def test_missing_root_says_where_to_put_the_data(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # never synthesised silently
 
 
-def test_synthesize_writes_the_demo_set_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_root_with_synthetic_settings_gets_the_demo_set_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="datamodules.groceries"):
-        dm = _dm(tmp_path / "synthetic", synthesize=True)
+        dm = _dm(tmp_path / "synthetic", synthetic=SyntheticGroceries())
     assert dm.num_classes == 6 and (tmp_path / "synthetic" / "test" / "milk").is_dir()
     assert [r.getMessage() for r in caplog.records] == [
-        f"data.synthesize: {tmp_path / 'synthetic'} does not exist, "
-        "writing a synthetic grocery set there (demo data)."
+        f"data.root={tmp_path / 'synthetic'} does not exist: "
+        "writing the configured synthetic grocery set there (demo data)."
     ]
 
 
@@ -159,15 +157,13 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped_with_a_count(
     with pytest.raises(BadImageError, match="cannot read image") as error:
         _dm(root).setup("fit")
     assert (
-        str(bad) in str(error.value)
-        and "skip_bad_images" in str(error.value)
-        and "2 unreadable" in str(error.value)
+        str(bad) in str(error.value) and "on_bad_data: skip" in str(error.value) and "2 unreadable" in str(error.value)
     )
     assert sorted(p.split(":")[0] for p in _dm(root).check()) == sorted([str(bad), str(truncated)])
 
     monkeypatch.setattr(logging.getLogger("datamodules"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="datamodules.groceries"):
-        dm = _dm(root, skip_bad_images=True)
+        dm = _dm(root, on_bad_data="skip")
         dm.setup("fit")
     assert "Skipping 2 unreadable images" in caplog.text
     assert len(dm.samples["train"]) == 35  # 37 files, 2 unreadable
