@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from rich.console import Console
 from rich.table import Table
 
 from callbacks.training_summary import scalar_metrics
+from harvest.console import console as output_console
 
 
 class RunReport(Callback):
@@ -31,7 +31,7 @@ class RunReport(Callback):
         self.metrics = metrics
         self.title = title
         self.row_label = row_label
-        self.console = Console(stderr=False, soft_wrap=True)
+        self.console = output_console()
 
     def table(self, metrics: dict[str, float | None]) -> Table | None:
         """The results table for ``metrics``, or ``None`` when no metric matches."""

@@ -22,9 +22,9 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
-from rich.console import Console
 from rich.table import Table
 
+from harvest.console import console as output_console
 from harvest.dataset_card import build_card, check_dataset, short_hash
 
 #: Sections of a ``fit`` config that ``harvest data`` accepts and ignores.
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run ``harvest data`` with ``argv`` (default: ``sys.argv[2:]``); exits with status 1 on errors."""
     parser = build_parser()
     config = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
-    console, errors = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    console, errors = output_console(), output_console(stderr=True)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
     try:
         datamodule = instantiate(config)[config.command].data

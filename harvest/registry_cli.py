@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harvest.console import console as output_console
 from harvest.registry import Registry, RegistryError, VersionInfo, default_uri, open_registry
 
 BEST = "★"
@@ -170,7 +171,7 @@ def print_listing(tracking_uri: str | None = None, console: Console | None = Non
     """Print ``harvest registry list`` (what ``make demo`` shows at its end) and return the versions."""
     registry = open_registry(tracking_uri)
     versions = registry.listing()
-    console = console or Console()
+    console = console or output_console()
     if versions:
         console.print(listing_table(versions, f"Model registry ({registry.uri})"))
     else:
@@ -232,7 +233,7 @@ def _register_all(
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``harvest registry`` with ``argv`` (default ``sys.argv[2:]``); on failure one line and status 1."""
     args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
-    console = Console(soft_wrap=True)
+    console = output_console()
     try:
         if args.command == "list":
             print_listing(args.tracking_uri, console)

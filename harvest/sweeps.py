@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from callbacks.optuna_pruning import OptunaPruning
 from callbacks.training_summary import scalar_metrics, write_json_atomic
 from harvest.cli import split_passthrough
+from harvest.console import console as output_console
 from harvest.imports import require
 from harvest.sweep_space import SweepConfigError, SweepSpec, load_sweep, nested_overrides
 from harvest.tracking import wandb_api_key_available
@@ -139,7 +139,7 @@ def report(study: Any, spec: SweepSpec, out_dir: Path) -> dict[str, Any]:
         mark = " *" if best is not None and t["number"] == best.number else ""
         value = "-" if t["value"] is None else f"{t['value']:.4f}{mark}"
         table.add_row(str(t["number"]), t["state"], value, *(str(t["params"].get(p.key, "")) for p in spec.parameters))
-    Console().print(table)
+    output_console().print(table)
     log.info(
         "sweep results: %s (best trial marked *; rerun it with --config %s)",
         out_dir / "results.json",
