@@ -139,6 +139,8 @@ def cli_main(args: ArgsType = None) -> Any:
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in TOOLS:
         module_name, function = TOOLS[argv[0]].split(":")
+        if args is None:  # the tool parses these itself; the harvest runs it starts get explicit arguments
+            sys.argv = sys.argv[:1]
         return getattr(importlib.import_module(module_name), function)(list(argv[1:]))
     if isinstance(argv, (list, tuple)) and argv and argv[0] in ("-h", "--help"):
         print("Harvest tools beside Lightning's subcommands: " + ", ".join(f"harvest {t} --help" for t in TOOLS))
