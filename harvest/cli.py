@@ -46,7 +46,13 @@ class HarvestCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": "Harvest: " + (__doc__ or "").splitlines()[0]})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "description": "Harvest: train, track, register and monitor vision models with Lightning.",
+                "epilog": "Harvest's own tools: " + ", ".join(f"harvest {tool} --help" for tool in TOOLS),
+            },
+        )
         super().__init__(args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -142,8 +148,6 @@ def cli_main(args: ArgsType = None) -> Any:
         if args is None:  # the tool parses these itself; the harvest runs it starts get explicit arguments
             sys.argv = sys.argv[:1]
         return getattr(importlib.import_module(module_name), function)(list(argv[1:]))
-    if isinstance(argv, (list, tuple)) and argv and argv[0] in ("-h", "--help"):
-        print("Harvest tools beside Lightning's subcommands: " + ", ".join(f"harvest {t} --help" for t in TOOLS))
     return HarvestCLI(args=args)
 
 
