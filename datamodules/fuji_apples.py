@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules.detection_transforms import eval_transforms, train_transforms
 from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split, source_files
+from datamodules.image_folder import list_images
 from datamodules.instance_data import InstanceDataset, Sample, check_decodes, collate_detection
 from datamodules.synthetic_orchard import SyntheticOrchard
 from datamodules.via import AnnotationError
@@ -50,6 +52,8 @@ class FujiApplesDataModule(pl.LightningDataModule):
         on_bad_data: ``"error"`` stops at the first bad file, naming it; ``"skip"`` leaves bad images out
             with one counted warning per split.
         synthetic: When set and ``root`` does not exist, write this synthetic orchard there (demos, tests).
+        predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
+            Needs no annotations, and no data set at ``root``.
 
     """
 
@@ -72,6 +76,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
         seed: int = 42,
         on_bad_data: Literal["error", "skip"] = "error",
         synthetic: SyntheticOrchard | None = None,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -89,6 +94,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.on_bad_data = on_bad_data
         self.synthetic = synthetic
+        self.predict_root = Path(predict_root) if predict_root else None
         self._splits: dict[str, list[Sample]] | None = None
         self._found_format = format
 
@@ -142,7 +148,10 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return self._splits
 
     def setup(self, stage: str | None = None) -> None:
-        """Build a dataset per split (the data is read once)."""
+        """Build a dataset per split (the data is read once), or only the images to predict."""
+        if stage == "predict" and self.predict_root is not None:
+            self.datasets = {"predict": InstanceDataset(self._predict_samples(), self._transforms("predict"))}
+            return
         self.datasets = {
             split: InstanceDataset(samples, self._transforms(split))
             for split, samples in self.splits().items()
@@ -178,8 +187,21 @@ class FujiApplesDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        """Return prediction batches: the test split."""
-        return self._loader("test")
+        """Return prediction batches: the images under ``predict_root`` (no targets), else the test split."""
+        return self._loader("predict" if self.predict_root is not None else "test")
+
+    def _predict_samples(self) -> list[Sample]:
+        images = list_images(self.predict_root, recursive=True)
+        if not images:
+            raise FileNotFoundError(
+                f"data.init_args.predict_root={self.predict_root}: no .jpg/.jpeg/.png images found there."
+            )
+        samples = []
+        for path in images:
+            with Image.open(path) as image:  # the header only
+                width, height = image.size
+            samples.append(Sample(image=path, annotation=path, width=width, height=height))  # no annotation
+        return samples
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:

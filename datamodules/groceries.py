@@ -61,6 +61,9 @@ class GroceriesDataModule(pl.LightningDataModule):
         on_bad_data: ``error``: an image that cannot be decoded stops the run naming the file; ``skip``:
             such images are left out with a warning counting them.
         predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
+        class_names: Class names in label order. Read from the ``train/`` folders when the data set is
+            there (and must then agree); given with ``predict_root``, prediction needs no data set at
+            ``root`` (a trained model on new images, as ``harvest monitor --images`` runs it).
 
     """
 
@@ -81,6 +84,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         synthetic: SyntheticGroceries | None = None,
         on_bad_data: Literal["error", "skip"] = "error",
         predict_root: str | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < labeled_ratio <= 1.0:
@@ -100,13 +104,15 @@ class GroceriesDataModule(pl.LightningDataModule):
                 self.root,
             )
             synthetic.write(self.root)
-        if not (self.root / "train").is_dir():
-            raise FileNotFoundError(
-                f"DS2GROCERIES not found: {self.root / 'train'} is missing. "
-                f"Put the data set at {self.root} as "
-                "train/<class>/*.jpg, test/<class>/*.jpg (val/ optional), or point data.init_args.root at it."
+        present = (self.root / "train").is_dir()
+        if not present and not (class_names and self.predict_root):
+            raise self._missing()
+        self.class_names: list[str] = class_folders(self.root / "train") if present else list(class_names or [])
+        if present and class_names and list(class_names) != self.class_names:
+            raise ValueError(
+                f"data.init_args.class_names={list(class_names)} differ from the class folders of "
+                f"{self.root / 'train'}: {self.class_names}; leave class_names out or fix the folders."
             )
-        self.class_names: list[str] = class_folders(self.root / "train")
         if not self.class_names:
             raise FileNotFoundError(f"{self.root / 'train'} holds no class folders: add train/<class>/*.jpg.")
         self.num_classes = len(self.class_names)
@@ -114,6 +120,12 @@ class GroceriesDataModule(pl.LightningDataModule):
         self.labeled_mask = np.zeros(0, dtype=bool)
         self.split: dict[str, Any] | None = None
         self._train_all: list[Sample] = []
+
+    def _missing(self) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"DS2GROCERIES not found: {self.root / 'train'} is missing. Put the data set at {self.root} as "
+            "train/<class>/*.jpg, test/<class>/*.jpg (val/ optional), or point data.init_args.root at it."
+        )
 
     # ------------------------------------------------------------------ files and problems
     def _files(self) -> dict[str, dict[str, list[Path]]]:
@@ -196,6 +208,10 @@ class GroceriesDataModule(pl.LightningDataModule):
             write_json_atomic(Path(trainer.default_root_dir) / self.split_filename, split)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_root is not None:
+            return  # predict_dataloader reads predict_root only
+        if not (self.root / "train").is_dir():
+            raise self._missing()
         self._prepare()
 
     def state_dict(self) -> dict[str, Any]:

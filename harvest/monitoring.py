@@ -10,16 +10,19 @@ Downloads the version from the registry (every file checked against its SHA-256)
 run directory (``<pipeline>_monitor_<timestamp>``) and goes to the trackers of that config, so
 ``monitor/*`` metrics land beside the training runs in MLflow / TensorBoard / W&B. The data
 module is built from that config: its data folder must exist here (it gives the class list and
-the evaluation transform); ``--images`` points the prediction at any other folder.
+the evaluation transform) unless ``--images`` points the prediction at another folder: then the
+class list comes from the registered checkpoint and no data set is needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from datetime import datetime
 from pathlib import Path
 
+import torch
 import yaml
 
 from harvest.cli import cli_main, split_passthrough
@@ -57,11 +60,21 @@ def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list
     ]
     if args.reference:
         argv += ["--trainer.callbacks.reference", args.reference]
-    if args.images:
+    if args.images:  # new images: the class list comes with the model, the data set need not be here
         argv += ["--data.init_args.predict_root", args.images]
+        class_names = _load_hparams(package / WEIGHTS).get("class_names")
+        if class_names:
+            argv += [f"--data.init_args.class_names={json.dumps(list(class_names))}"]
+        if (stored.get("data", {}).get("init_args") or {}).get("synthetic") is not None:
+            argv += ["--data.init_args.synthetic", "null"]  # a demo model: no demo data set to write here
     if args.limit_batches:
         argv += ["--trainer.limit_predict_batches", str(args.limit_batches)]
     return argv + list(args.extra)
+
+
+def _load_hparams(checkpoint: Path) -> dict:
+    """The hyperparameters saved in a (verified) checkpoint, read without unpickling anything."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -152,3 +152,44 @@ def test_harvest_monitor_names_a_missing_model(in_tmp: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["monitor", "nobody@production"])
     assert exit_info.value.code == 2
+
+
+def test_harvest_monitor_on_new_images_needs_no_data_set(in_tmp: Path, grocery_run) -> None:
+    from harvest.registry import register_model
+
+    register_model(grocery_run.run_dir, "grocer", aliases=["production"])
+    incoming = Path("incoming")
+    incoming.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(incoming / f"shot_{i}.jpg")
+    gone = ["--data.init_args.root", "no/data/set/here", "--trainer.logger", "false"]  # as on a serving machine
+    cli_main(["monitor", "grocer", "--images", "incoming", "--", *gone])
+    (report,) = Path("runs").glob("grocer_monitor_*/monitoring_report.json")
+    data = json.loads(report.read_text())
+    assert data["metrics"]["monitor/samples"] == 3
+    assert set(data["prediction_distribution"]) <= set(grocery_run.cli.datamodule.class_names)
+
+
+def test_both_data_modules_predict_a_folder_without_their_data_set(tmp_path: Path) -> None:
+    from datamodules import FujiApplesDataModule, GroceriesDataModule
+
+    folder = tmp_path / "incoming" / "day1"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(folder / f"{i}.jpg")
+    missing = str(tmp_path / "nothing")
+    groceries = GroceriesDataModule(
+        missing, predict_root=str(tmp_path / "incoming"), class_names=["a", "b"], image_size=32
+    )
+    groceries.setup("predict")
+    images, labels, paths = next(iter(groceries.predict_dataloader()))
+    assert images.shape == (3, 3, 32, 32) and labels.tolist() == [-1, -1, -1] and len(paths) == 3
+    with pytest.raises(FileNotFoundError, match="DS2GROCERIES not found"):
+        groceries.setup("fit")  # training still needs the data set
+
+    fuji = FujiApplesDataModule(missing, predict_root=str(tmp_path / "incoming"), min_size=48, max_size=64)
+    fuji.setup("predict")
+    images, targets = next(iter(fuji.predict_dataloader()))
+    assert len(images) == 2 and images[0].shape[0] == 3  # batch_size 2 of the 3 images
+    with pytest.raises(FileNotFoundError, match="predict_root=.*empty: no .jpg"):
+        FujiApplesDataModule(missing, predict_root=str(tmp_path / "empty")).setup("predict")
