@@ -138,7 +138,8 @@ def report(study: Any, spec: SweepSpec, out_dir: Path) -> dict[str, Any]:
     for t in trials:
         mark = " *" if best is not None and t["number"] == best.number else ""
         value = "-" if t["value"] is None else f"{t['value']:.4f}{mark}"
-        table.add_row(str(t["number"]), t["state"], value, *(str(t["params"].get(p.key, "")) for p in spec.parameters))
+        cells = (_cell(t["params"].get(p.key, "")) for p in spec.parameters)
+        table.add_row(str(t["number"]), t["state"], value, *cells)
     output_console().print(table)
     log.info(
         "sweep results: %s (best trial marked *; rerun it with --config %s)",
@@ -146,6 +147,10 @@ def report(study: Any, spec: SweepSpec, out_dir: Path) -> dict[str, Any]:
         out_dir / "best.yaml",
     )
     return results
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _decoded(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
