@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
+
+from harvest.tracking import run_dir
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -20,11 +20,11 @@ class RunConfigSaver(SaveConfigCallback):
         if self.already_saved:
             return
         if trainer.is_global_zero:
-            run_dir = Path(trainer.default_root_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            folder = run_dir(trainer)
+            folder.mkdir(parents=True, exist_ok=True)
             self.parser.save(
                 self.config,
-                str(run_dir / self.config_filename),
+                str(folder / self.config_filename),
                 skip_none=False,
                 overwrite=True,
                 multifile=self.multifile,

@@ -18,6 +18,7 @@ from callbacks.logger_media import log_artifact_file, log_image_file
 from callbacks.training_summary import write_json_atomic
 from callbacks.wandb_tracking import is_offline
 from harvest.dataset_card import build_card, sample_grid, short_hash
+from harvest.errors import first_line
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class DatasetCard(Callback):
         except tracker_errors() as error:
             log.warning(
                 "MLflow: could not record the data set (%s); the card stays in %s.",
-                str(error).splitlines()[0],
+                first_line(error),
                 card_path,
             )
             return

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from callbacks.logger_media import log_image_file
 from callbacks.training_summary import write_json_atomic
 from harvest.monitoring_stats import MonitorStats, observe
+from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ class InferenceMonitor(Callback):
 
     @rank_zero_only
     def _finish(self, trainer: pl.Trainer) -> None:
-        run_dir = Path(trainer.default_root_dir)
-        write_json_atomic(run_dir / self.report_name, self.report)
+        folder = run_dir(trainer)
+        write_json_atomic(folder / self.report_name, self.report)
         self._log(trainer, self.report["metrics"])
-        for name, path in self._plots(run_dir / "plots").items():
+        for name, path in self._plots(folder / "plots").items():
             log_image_file(trainer, f"monitor/{name}", path, step=self.stats.samples)
         metrics = self.report["metrics"]
         log.info(
@@ -130,7 +131,7 @@ class InferenceMonitor(Callback):
             metrics["monitor/avg_inference_time_ms"],
             metrics["monitor/throughput_samples_per_sec"],
             f", accuracy {metrics['monitor/accuracy']:.3f}" if "monitor/accuracy" in metrics else "",
-            run_dir / self.report_name,
+            folder / self.report_name,
         )
         drift = self.report.get("drift")
         if drift and drift["detected"]:

@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
+from harvest.errors import first_line
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)
@@ -60,5 +61,5 @@ def log_artifact_file(trainer: pl.Trainer, logger: MLFlowLogger, path: Path) -> 
         log.warning(
             "MLflow: could not store %s (%s); it stays in the run directory.",
             path,
-            str(error).splitlines()[0],
+            first_line(error),
         )

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import harvest
 from callbacks.stage_start import StageStartCallback
+from harvest.errors import first_line
 from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, run_dir
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class MLflowTracking(StageStartCallback):
                     "trainer.logger's tracking_uri to a reachable one, or leave MLflow out "
                     "(--config configs/loggers/tensorboard.yaml).",
                     uri,
-                    server_problem(uri, self.health_timeout) or _first_line(exception)[:200],
+                    server_problem(uri, self.health_timeout) or first_line(exception, limit=200),
                 )
             elif logger._run_id is not None and not server_problem(tracking_uri(logger), self.health_timeout):
                 self._guard(
@@ -206,9 +207,9 @@ class MLflowTracking(StageStartCallback):
         except tracker_errors() as error:
             answered = not server_problem(tracking_uri(logger), self.health_timeout)
             if answered and isinstance(error, _mlflow_error()):  # e.g. a resumed run whose params differ
-                log.warning("MLflow refused a write at %s: %s", when, _first_line(error))
+                log.warning("MLflow refused a write at %s: %s", when, first_line(error))
             else:
-                self._detach(trainer, logger, f"at {when}", _first_line(error))
+                self._detach(trainer, logger, f"at {when}", first_line(error))
 
     @staticmethod
     def _detach(trainer: pl.Trainer, logger: MLFlowLogger, when: str, problem: str) -> None:
@@ -243,7 +244,3 @@ def _remote_files(client: object, run_id: str, folder: str) -> set[str]:
                 found.add(info.path)
     return found
 
-
-def _first_line(error: BaseException | str) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

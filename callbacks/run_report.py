@@ -11,8 +11,9 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from rich.table import Table
 
-from callbacks.training_summary import scalar_metrics
+from callbacks.training_summary import logged_values
 from harvest.console import console as output_console
+from harvest.tracking import run_dir
 
 
 class RunReport(Callback):
@@ -56,8 +57,7 @@ class RunReport(Callback):
     @staticmethod
     def locations(trainer: pl.Trainer) -> list[str]:
         """One line per place where this run's outputs can be found."""
-        run_dir = Path(trainer.default_root_dir)
-        lines = [f"run directory: {run_dir}"]
+        lines = [f"run directory: {run_dir(trainer)}"]
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
             lines.append(f"best checkpoint: {best}")
@@ -76,9 +76,7 @@ class RunReport(Callback):
 
     @rank_zero_only
     def _report(self, trainer: pl.Trainer) -> None:
-        metrics = scalar_metrics(trainer.logged_metrics)
-        metrics.update(scalar_metrics(trainer.callback_metrics))
-        table = self.table(metrics)
+        table = self.table(logged_values(trainer))
         if table is not None:
             self.console.print(table)
         for line in self.locations(trainer):

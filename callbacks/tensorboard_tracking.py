@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.tensorboard.summary import hparams
 
 from callbacks.stage_start import StageStartCallback
+from harvest.errors import first_line
 from harvest.tracking import flatten, loggers_of, run_config
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class TensorBoardTracking(StageStartCallback):
             log.warning(
                 "TensorBoard graph: %s cannot be traced on its batch inputs (%s); no graph written.",
                 type(pl_module).__name__,
-                str(error).splitlines()[0] if str(error) else type(error).__name__,
+                first_line(error),
             )
         finally:
             pl_module.train(training)

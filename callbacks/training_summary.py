@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from harvest.tracking import run_dir
+
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
     """Plain floats from a metrics dict (one-element tensors included); non-finite values become ``None``."""
@@ -27,6 +29,13 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value) if math.isfinite(value) else None
     return out
+
+
+def logged_values(trainer: pl.Trainer) -> dict[str, float | None]:
+    """Every scalar metric logged so far, with its latest value (what loggers and callbacks have seen)."""
+    values = scalar_metrics(trainer.logged_metrics)
+    values.update(scalar_metrics(trainer.callback_metrics))
+    return values
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -124,8 +133,7 @@ class TrainingSummary(Callback):
     # ------------------------------------------------------------------ content
     def _finish(self, trainer: pl.Trainer) -> None:
         self.timing["finished"] = _now()
-        self.final_metrics.update(scalar_metrics(trainer.logged_metrics))
-        self.final_metrics.update(scalar_metrics(trainer.callback_metrics))
+        self.final_metrics.update(logged_values(trainer))
         self._write(trainer)
 
     @staticmethod
@@ -150,7 +158,7 @@ class TrainingSummary(Callback):
         if best_score is None and best_row is not None:
             best_score = best_row[monitor]
         return {
-            "run_name": Path(trainer.default_root_dir).name,
+            "run_name": run_dir(trainer).name,
             "status": self.status,
             "epochs_trained": len(self.history),
             "best_epoch": best_row["epoch"] if best_row else None,
@@ -167,4 +175,4 @@ class TrainingSummary(Callback):
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer) -> None:
-        write_json_atomic(Path(trainer.default_root_dir) / self.filename, self.summary(trainer))
+        write_json_atomic(run_dir(trainer) / self.filename, self.summary(trainer))

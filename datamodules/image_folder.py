@@ -9,6 +9,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from harvest.errors import first_line
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,7 +89,7 @@ def probe_image(path: Path) -> str | None:
     try:
         _decode(path, min_size=16)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return str(error).splitlines()[0] or type(error).__name__
+        return first_line(error)
     return None
 
 
@@ -116,7 +118,7 @@ def read_image(path: Path, min_size: int | None = None) -> Image.Image:
         return _decode(path, min_size)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise BadImageError(
-            bad_image_message(path, str(error).splitlines()[0] or type(error).__name__)
+            bad_image_message(path, first_line(error))
         ) from error
 
 

@@ -20,6 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from callbacks.config_saver import RunConfigSaver
+from harvest.errors import first_line
 from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name, runs_folder
 
 #: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
@@ -169,7 +170,7 @@ def main() -> None:
     except USER_ERRORS as error:
         if os.environ.get("HARVEST_DEBUG"):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error, limit=2000)
         sys.stderr.write(f"harvest: error: {message} [{type(error).__name__}; HARVEST_DEBUG=1 shows the traceback]\n")
         sys.exit(1)
 

@@ -22,12 +22,11 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-import torch
 import yaml
 
 from harvest.cli import cli_main, split_passthrough
 from harvest.registry import download_model
-from harvest.registry_package import MANIFEST, WEIGHTS, RegistryError
+from harvest.registry_package import MANIFEST, WEIGHTS, RegistryError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,8 @@ def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list
         argv += ["--trainer.callbacks.reference", args.reference]
     if args.images:  # new images: the class list comes with the model, the data set need not be here
         argv += ["--data.init_args.predict_root", args.images]
-        class_names = _load_hparams(package / WEIGHTS).get("class_names")
+        hparams = load_checkpoint(package / WEIGHTS, mmap=True).get("hyper_parameters") or {}
+        class_names = hparams.get("class_names")
         if class_names:
             argv += [f"--data.init_args.class_names={json.dumps(list(class_names))}"]
         if (stored.get("data", {}).get("init_args") or {}).get("synthetic") is not None:
@@ -70,11 +70,6 @@ def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list
     if args.limit_batches:
         argv += ["--trainer.limit_predict_batches", str(args.limit_batches)]
     return argv + list(args.extra)
-
-
-def _load_hparams(checkpoint: Path) -> dict:
-    """The hyperparameters saved in a (verified) checkpoint, read without unpickling anything."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,7 +144,7 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
         checkpoint = path
         if not summary and not (run_dir / "config.yaml").is_file():
             run_dir = None
-    hparams = _load_checkpoint(checkpoint, mmap=True).get("hyper_parameters") or {}  # tensors stay on disk
+    hparams = load_checkpoint(checkpoint, mmap=True).get("hyper_parameters") or {}  # tensors stay on disk
     class_path = hparams.get("_class_path")
     if not class_path:
         raise RegistryError(
@@ -168,7 +168,8 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
     )
 
 
-def _load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint read with ``weights_only=True`` (``mmap``: tensors stay on disk); one-line error if unsafe."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError… for a bad file
@@ -202,7 +203,7 @@ def build_package(source: ModelSource, dst: Path, metrics: dict[str, float] | No
         metrics: Metrics that override or add to the run's own.
 
     """
-    checkpoint = _load_checkpoint(source.checkpoint)
+    checkpoint = load_checkpoint(source.checkpoint)
     for key in _TRAINING_STATE:
         checkpoint.pop(key, None)
     (dst / WEIGHTS).parent.mkdir(parents=True, exist_ok=True)

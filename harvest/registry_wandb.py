@@ -14,7 +14,6 @@ path follows (package, SHA-256 check, alias rollback, ``latest``) are the shared
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from urllib.parse import urlparse
 
 from harvest.imports import require
 from harvest.registry_base import LATEST, RECORD_KEYS, RegistryBackend, RegistryError, VersionInfo
-from harvest.tracking import wandb_api_key_available
+from harvest.tracking import wandb_server_unreachable
 
 REGISTRY = "model"
 DEFAULT_PROJECT = "harvest-registry"
-_OFFLINE_MODES = ("offline", "dryrun", "disabled")
 
 
 class WandbBackend(RegistryBackend):
@@ -49,12 +47,7 @@ class WandbBackend(RegistryBackend):
     # ------------------------------------------------------------------ connection
     def offline_reason(self) -> str | None:
         """Why the W&B Registry cannot be reached right now, or None when it can be tried."""
-        mode = os.environ.get("WANDB_MODE", "").strip().lower()
-        if mode in _OFFLINE_MODES:
-            return f"WANDB_MODE={mode}"
-        if not wandb_api_key_available():
-            return "no W&B API key is configured"
-        return None
+        return wandb_server_unreachable()
 
     @property
     def api(self) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from harvest.cli import split_passthrough
 from harvest.console import console as output_console
 from harvest.imports import require
 from harvest.sweep_space import SweepConfigError, SweepSpec, load_sweep, nested_overrides
-from harvest.tracking import wandb_api_key_available
+from harvest.tracking import wandb_server_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def export_wandb(spec: SweepSpec, configs: list[str], out_dir: Path, project: st
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "wandb_sweep.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    if os.environ.get("WANDB_MODE") in {"offline", "disabled", "dryrun"} or not wandb_api_key_available():
+    if wandb_server_unreachable():
         log.warning(
             "W&B sweeps need the W&B server and W&B is offline here: wrote %s; once online run "
             "`wandb sweep %s` and then `wandb agent <sweep id>` (or run `harvest sweep` without --backend wandb "

@@ -127,6 +127,19 @@ def wandb_api_key_available() -> bool:
         return False
 
 
+def wandb_server_unreachable() -> str | None:
+    """Why nothing can be sent to the W&B server now (``WANDB_MODE`` offline, no API key), else ``None``.
+
+    For what needs the server itself (Registry links, sweeps); runs log offline and sync later.
+    """
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={mode}"
+    if not wandb_api_key_available():
+        return "no W&B API key is configured"
+    return None
+
+
 def wandb_offline_by_default() -> bool:
     """W&B runs offline when no API key is set, unless ``WANDB_MODE`` says otherwise."""
     return not os.environ.get("WANDB_MODE") and not wandb_api_key_available()

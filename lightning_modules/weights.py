@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model_weights
 
+from harvest.errors import first_line
+
 
 def _where_to_put(model_name: str, weights: str) -> str:
     try:
@@ -34,7 +36,7 @@ def fetching_weights(model_name: str, weights: str | None, setting: str) -> Iter
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         if weights is None:
             raise
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise RuntimeError(
             f"could not load the {weights} weights of {model_name} ({reason}): "
             f"{_where_to_put(model_name, weights)}set {setting}: null to start from random weights."

@@ -26,6 +26,10 @@ GROCERIES = [
 ]
 
 
+#: Lightning DDP with two processes on the CPU (gloo): how the tests run multi-process jobs here.
+DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+
+
 def clear_run_name() -> None:
     """Forget the run name a previous CLI call in this process chose."""
     for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):

@@ -13,7 +13,6 @@ import pytest
 from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
-from harvest.run_setup import RUN_NAME_ENV
 
 TOY = [*TOY_ARGS, "--seed_everything", "0"]
 QUIET = [*QUIET_ARGS, "--trainer.logger", "false"]
@@ -43,10 +42,8 @@ def train_toy(root: Path, run_name: str, *extra: str) -> Path:
 def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two finished toy runs: a short one and a longer (better) one."""
     root = tmp_path_factory.mktemp("toy_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(RUN_NAME_ENV, raising=False)
-        short = train_toy(root, "toy_20250101_000001", "--trainer.max_epochs", "1", "--model.lr", "0.01")
-        longer = train_toy(root, "toy_20250101_000002", "--trainer.max_epochs", "3")
+    short = train_toy(root, "toy_20250101_000001", "--trainer.max_epochs", "1", "--model.lr", "0.01")
+    longer = train_toy(root, "toy_20250101_000002", "--trainer.max_epochs", "3")  # explicit run names
     return short, longer
 
 

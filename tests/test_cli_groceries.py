@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, GroceryRun, groceries_args
+from conftest import CONFIGS, DDP_CPU, GroceryRun, groceries_args
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -160,16 +160,7 @@ def test_real_recipe_without_data_says_where_to_put_it(in_tmp: Path) -> None:
 def test_ddp_on_cpu_fits_and_tests_with_the_ssl_stage_on_rank_zero(
     in_tmp: Path, tiny_groceries: Path
 ) -> None:
-    ddp = [
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.logger",
-        "false",
-    ]
+    ddp = [*DDP_CPU, "--trainer.logger", "false"]
     args = [*groceries_args(tiny_groceries, "--data.batch_size", "4", *ddp)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     run = [sys.executable, "-m", "harvest"]

@@ -13,21 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import DDP_CPU
 from jsonargparse import Namespace
 from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
-from harvest.run_setup import RUN_NAME_ENV, apply_run_layout, resolve_precision, resolve_run_name
+from harvest.run_setup import apply_run_layout, resolve_precision, resolve_run_name
 
 TOY, FAST, CHECKPOINT = TOY_ARGS, QUIET_ARGS, CHECKPOINT_ARGS
 SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
-        monkeypatch.delenv(name, raising=False)
+def _isolated(in_tmp: Path) -> None:
+    """Every test here runs in its own folder with no run name left from an earlier CLI call."""
 
 
 def _run_dir() -> Path:
@@ -174,12 +173,7 @@ def test_ddp_on_cpu_gives_both_ranks_one_run_directory(tmp_path: Path) -> None:
         *TOY,
         "--trainer.max_epochs",
         "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
+        *DDP_CPU,
         "--trainer.logger",
         "false",
         *FAST,

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import clear_run_name
 from mlflow import MlflowClient
 from mlflow_server import free_port
 from registry_testing import migrated_store, sqlite_uri, train_toy  # noqa: F401 - fixtures
 
 from callbacks import ModelRegistryUpload
 from harvest.registry import open_registry
-from harvest.run_setup import RUN_NAME_ENV
 
 
 def _upload(**init_args: object) -> list[str]:
@@ -33,9 +33,8 @@ def messages(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_run_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
-        monkeypatch.delenv(name, raising=False)
+def _fresh_run_names() -> None:
+    clear_run_name()
 
 
 def test_registers_the_best_checkpoint_and_stages_only_a_better_one(

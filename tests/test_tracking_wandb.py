@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clear_run_name
+from conftest import DDP_CPU, clear_run_name
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 from wandb_records import OfflineRun
 
@@ -47,8 +47,7 @@ def _offline_runs(folder: Path) -> list[Path]:
 def test_ddp_job_is_one_wandb_run(no_wandb_key: Path) -> None:
     """Lightning's DDP launcher starts the command once per rank; W&B sees one run, said offline once."""
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    command = [sys.executable, "-m", "harvest", "fit", *TOY, *QUIET, *ddp, *WANDB]
+    command = [sys.executable, "-m", "harvest", "fit", *TOY, *QUIET, *DDP_CPU, *WANDB]
     done = subprocess.run(command, cwd=no_wandb_key, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
