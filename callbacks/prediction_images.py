@@ -122,7 +122,7 @@ class PredictionImages(Callback):
                 return
             if len(self._drawn) < self.max_images:
                 cpu = {k: v.detach().cpu() for k, v in detections.items()}
-                truth = {k: v.cpu() for k, v in target.items()}
+                truth = {k: v.cpu() for k, v in target.items() if isinstance(v, Tensor)}
                 self._drawn.append(overlay(image.cpu(), cpu, class_names, truth, self.score_threshold))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

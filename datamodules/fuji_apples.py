@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from datamodules.coco_truth import EvaluationDataset
 from datamodules.detection_transforms import eval_transforms, train_transforms
 from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split, source_files
 from datamodules.image_folder import list_images
@@ -153,7 +154,7 @@ class FujiApplesDataModule(pl.LightningDataModule):
             self.datasets = {"predict": InstanceDataset(self._predict_samples(), self._transforms("predict"))}
             return
         self.datasets = {
-            split: InstanceDataset(samples, self._transforms(split))
+            split: (InstanceDataset if split == "train" else EvaluationDataset)(samples, self._transforms(split))
             for split, samples in self.splits().items()
         }
 

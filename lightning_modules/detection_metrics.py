@@ -1,145 +1,174 @@
-"""Detection metrics: COCO mAP (bbox and segm) through torchmetrics, and precision / recall / F1 at IoU 0.5.
+"""Detection metrics of one stage: COCOeval's mAP (bbox and segm) and precision / recall / F1 at IoU 0.5.
 
-Names are ``<iou type>/<metric>`` (``bbox/mAP``, ``segm/mAP50``, ``segm/F1_50``…), so a stage prefix gives
-``val_segm/mAP`` and a results table has one row per IoU type.
+Detections are accumulated as COCO results and scored by COCOeval itself against a COCO ground truth
+built from the data set's annotations (:mod:`datamodules.coco_truth`: crowd regions, annotation areas,
+the image's original size); detections on a resized image are mapped back to the original pixels
+first (boxes scaled, mask probabilities resized, then thresholded), as torchvision's references do.
+Targets without that ground truth (any torchvision-style data set) are scored against their own
+boxes, labels and masks. Across processes the images and detections are gathered before scoring,
+each image once (a distributed sampler repeats some to even out the ranks).
+
+Names are ``<iou type>/<metric>`` (``bbox/mAP``, ``segm/mAP50``, ``segm/F1_50``…) and, with two classes
+or more, per class ``<iou type>/<class>/<metric>``, so a stage prefix gives ``val_segm/mAP`` and
+``val_segm/apple/F1_50``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor, nn
-from torchmetrics import Metric
-from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_iou
+import torch.distributed as dist
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from torch import Tensor
 
-IouType = Literal["bbox", "segm"]
+from lightning_modules.coco_evaluation import Backend, coco_metrics
 
-#: torchmetrics' key (after the ``bbox_`` / ``segm_`` prefix) -> Harvest's column name.
-COCO_NAMES = {
-    "map": "mAP",
-    "map_50": "mAP50",
-    "map_75": "mAP75",
-    "map_small": "mAP_small",
-    "map_medium": "mAP_medium",
-    "map_large": "mAP_large",
-    "mar_100": "mAR100",
-}
+#: Mask probabilities are resized to the original image in chunks of at most this many pixels.
+_RESIZE_CHUNK_PIXELS = 1 << 26
 
 
-def mask_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of every pair of boolean masks ``a[N, H, W]`` and ``b[M, H, W]``, as ``[N, M]``."""
-    fa, fb = a.flatten(1).float(), b.flatten(1).float()
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return inter / union.clamp(min=1)
+def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
+    """COCO RLEs of boolean masks ``[N, H, W]``."""
+    if not len(masks):
+        return []
+    array = np.asfortranarray(masks.to("cpu", torch.uint8).permute(1, 2, 0).numpy())
+    return mask_utils.encode(array)
 
 
-class DetectionF1(Metric):
-    """Precision, recall and F1 of detections scoring ``score_threshold`` or more, matched at an IoU.
-
-    Detections are matched greedily by decreasing score to the unmatched ground truth of the same class
-    with the highest IoU, as in COCO; unmatched detections are false positives, unmatched objects false
-    negatives, summed over images.
-
-    Args:
-        iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU).
-        iou_threshold: IoU needed for a match.
-        score_threshold: Detections scoring less are ignored.
-
-    """
-
-    full_state_update = False
-
-    def __init__(
-        self, iou_type: IouType = "bbox", iou_threshold: float = 0.5, score_threshold: float = 0.5
-    ) -> None:
-        super().__init__()
-        self.iou_type, self.iou_threshold, self.score_threshold = iou_type, iou_threshold, score_threshold
-        for name in ("tp", "fp", "fn"):
-            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        """Count matches of one batch (``masks`` boolean ``[N, H, W]`` when ``iou_type`` is ``segm``)."""
-        for pred, target in zip(preds, targets, strict=True):
-            keep = pred["scores"] >= self.score_threshold
-            order = pred["scores"][keep].argsort(descending=True)
-            labels, gt_labels = pred["labels"][keep][order], target["labels"]
-            if self.iou_type == "bbox":
-                iou = box_iou(pred["boxes"][keep][order], target["boxes"])
-            else:
-                iou = mask_iou(pred["masks"][keep][order], target["masks"])
-            iou = torch.where(labels[:, None] == gt_labels[None, :], iou, torch.zeros_like(iou))
-            matched = torch.zeros(len(gt_labels), dtype=torch.bool, device=iou.device)
-            tp = 0
-            for row in iou:
-                candidates = torch.where(matched, torch.full_like(row, -1.0), row)
-                if len(candidates) and candidates.max() >= self.iou_threshold:
-                    matched[candidates.argmax()] = True
-                    tp += 1
-            self.tp += tp
-            self.fp += len(labels) - tp
-            self.fn += len(gt_labels) - tp
-
-    def compute(self) -> dict[str, Tensor]:
-        """Return ``precision50``, ``recall50`` and ``F1_50`` (so named whatever ``iou_threshold`` is)."""
-        tp, fp, fn = self.tp.float(), self.fp.float(), self.fn.float()
-        precision = tp / (tp + fp).clamp(min=1)
-        recall = tp / (tp + fn).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        return {"precision50": precision, "recall50": recall, "F1_50": f1}
+def _original_masks(probabilities: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
+    """Mask probabilities ``[N, 1, h, w]`` resized to ``size`` (bilinear), then thresholded, as ``[N, H, W]``."""
+    if tuple(probabilities.shape[-2:]) == size:
+        return probabilities[:, 0] > threshold
+    chunk = max(1, _RESIZE_CHUNK_PIXELS // (size[0] * size[1]))
+    parts = [
+        F.interpolate(probabilities[i : i + chunk].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        > threshold
+        for i in range(0, len(probabilities), chunk)
+    ]
+    return torch.cat(parts)
 
 
-class DetectionMetrics(nn.Module):
-    """COCO mAP for boxes and masks plus :class:`DetectionF1` for both, for one stage (validation or test).
+def _truth_from_target(target: dict[str, Tensor], image_id: int) -> dict[str, Any]:
+    """A COCO image with its annotations from a plain torchvision target (no crowd, mask areas)."""
+    masks = target["masks"].bool()
+    height, width = (int(v) for v in masks.shape[-2:])
+    rles = encode_masks(masks)
+    boxes = target["boxes"].float().cpu()
+    annotations = [
+        {
+            "category_id": int(label),
+            "segmentation": rle,
+            "area": float(mask_utils.area(rle)),
+            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+            "iscrowd": 0,
+        }
+        for rle, box, label in zip(rles, boxes, target["labels"].tolist(), strict=True)
+    ]
+    return {"id": image_id, "height": height, "width": width, "annotations": annotations}
+
+
+class DetectionMetrics:
+    """COCOeval's mAP for boxes and masks, and precision / recall / F1 at IoU 0.5, for one stage.
 
     Args:
-        backend: COCO evaluation backend of torchmetrics: ``faster_coco_eval`` or ``pycocotools``.
+        backend: COCO evaluation: ``faster_coco_eval`` (fast) or ``pycocotools`` (the reference); the
+            numbers are the same.
         score_threshold: Score a detection needs to count in precision / recall / F1 (mAP uses all).
         mask_threshold: Mask probability above which a pixel belongs to a detection.
+        class_names: Class names, index 0 = background, for the per-class names (default: the class index).
 
     """
 
     def __init__(
         self,
-        backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
+        backend: Backend = "faster_coco_eval",
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
+        class_names: list[str] | None = None,
     ) -> None:
-        super().__init__()
-        self.mask_threshold = mask_threshold
-        self.coco = MeanAveragePrecision(iou_type=("bbox", "segm"), backend=backend)
-        self.f1 = nn.ModuleDict({t: DetectionF1(t, 0.5, score_threshold) for t in ("bbox", "segm")})
-
-    def update(self, detections: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        """Add one batch: the detector's outputs (mask probabilities ``[N, 1, H, W]``) and the targets."""
-        preds = [
-            {
-                "boxes": d["boxes"].float(),
-                "scores": d["scores"].float(),
-                "labels": d["labels"],
-                "masks": d["masks"][:, 0] > self.mask_threshold,
-            }
-            for d in detections
-        ]
-        truth = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()} for t in targets]
-        self.coco.update(preds, truth)
-        for metric in self.f1.values():
-            metric.update(preds, truth)
-
-    def compute(self) -> dict[str, Tensor]:
-        """Every metric by ``<iou type>/<name>``."""
-        coco = self.coco.compute()
-        out = {
-            f"{t}/{name}": coco[f"{t}_{key}"] for t in ("bbox", "segm") for key, name in COCO_NAMES.items()
-        }
-        for iou_type, metric in self.f1.items():
-            out.update({f"{iou_type}/{name}": value for name, value in metric.compute().items()})
-        return out
+        self.backend, self.score_threshold, self.mask_threshold = backend, score_threshold, mask_threshold
+        self.class_names = list(class_names or [])
+        self.reset()
 
     def reset(self) -> None:
         """Forget all updates."""
-        self.coco.reset()
-        for metric in self.f1.values():
-            metric.reset()
+        self.images: dict[int, dict[str, Any]] = {}
+        self.detections: dict[int, list[dict[str, Any]]] = {}
+        self._unnamed = 0  # images without a COCO ground truth of their own, numbered as they come
+
+    def _next_unnamed_id(self) -> int:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self._unnamed += 1
+        return -(rank * 10**9 + self._unnamed)  # negative: never a COCO file's id
+
+    def update(self, detections: list[dict[str, Tensor]], targets: list[dict[str, Any]]) -> None:
+        """Add one batch: the detector's outputs (mask probabilities ``[N, 1, h, w]``) and the targets."""
+        for detection, target in zip(detections, targets, strict=True):
+            truth = target.get("coco") or _truth_from_target(target, self._next_unnamed_id())
+            image_id, size = truth["id"], (truth["height"], truth["width"])
+            probabilities = detection["masks"]
+            scale_y, scale_x = size[0] / probabilities.shape[-2], size[1] / probabilities.shape[-1]
+            boxes = detection["boxes"].float().cpu() * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+            rles = encode_masks(_original_masks(probabilities, size, self.mask_threshold))
+            self.images[image_id] = truth
+            self.detections[image_id] = [
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "score": float(score),
+                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                    "segmentation": rle,
+                }
+                for box, label, score, rle in zip(
+                    boxes, detection["labels"].tolist(), detection["scores"].float().tolist(), rles, strict=True
+                )
+            ]
+
+    def _gathered(self) -> tuple[dict[int, dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+        """Images and detections of every process (each image once)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.images, self.detections
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self.images, self.detections))
+        images: dict[int, dict[str, Any]] = {}
+        detections: dict[int, list[dict[str, Any]]] = {}
+        for part_images, part_detections in parts:
+            images.update(part_images)
+            detections.update(part_detections)
+        return images, detections
+
+    def ground_truth(self, images: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """The COCO data set of the evaluated images: annotations numbered, every class a category."""
+        annotations = []
+        for image_id in sorted(images):
+            for ann in images[image_id]["annotations"]:
+                annotations.append({**ann, "image_id": image_id, "id": len(annotations) + 1})
+        labels = {a["category_id"] for a in annotations} | set(range(1, len(self.class_names)))
+        return {
+            "images": [{k: images[i][k] for k in ("id", "height", "width")} for i in sorted(images)],
+            "annotations": annotations,
+            "categories": [{"id": label, "name": self._name(label)} for label in sorted(labels)],
+        }
+
+    def _name(self, label: int) -> str:
+        name = self.class_names[label] if 0 < label < len(self.class_names) else str(label)
+        return name.replace("/", "_")
+
+    def compute(self) -> dict[str, Tensor]:
+        """Every metric by ``<iou type>/<name>``, and per class by ``<iou type>/<class>/<name>``."""
+        images, detections = self._gathered()
+        dataset = self.ground_truth(images)
+        results = [d for image_id in sorted(detections) for d in detections[image_id]]
+        metrics = coco_metrics(dataset, results, self.backend, self.score_threshold)
+        per_class = len(dataset["categories"]) > 1  # with one class, its row would repeat the total
+        out = {}
+        for key, value in metrics.items():
+            iou_type, *middle, name = key.split("/")
+            if middle and not per_class:
+                continue
+            named = [self._name(int(m)) for m in middle]
+            out["/".join([iou_type, *named, name])] = torch.tensor(value, dtype=torch.float32)
+        return out

@@ -1,8 +1,9 @@
 """MaskRCNNModule: torchvision Mask R-CNN trained and evaluated as a LightningModule.
 
 Logged: each loss component and the total (``train/loss_mask``…, ``val/loss_mask``… — validation
-computes the losses too), COCO mAP for boxes and masks and precision / recall / F1 at IoU 0.5
-(``val_bbox/mAP``, ``val_segm/mAP50``, ``val_segm/F1_50``…; ``test_…`` when testing).
+computes the losses too), COCOeval's mAP for boxes and masks and precision / recall / F1 at IoU 0.5
+(``val_bbox/mAP``, ``val_segm/mAP50``, ``val_segm/F1_50``…; per class ``val_segm/<class>/F1_50``… with two
+classes or more; ``test_…`` when testing), scored against the data set's COCO ground truth.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class MaskRCNNModule(pl.LightningModule):
         optimizer: Optimizer factory (from the config).
         scheduler: Learning-rate scheduler factory, stepped every optimizer step; one taking ``total_steps``
             (``WarmupCosineLR``, ``OneCycleLR``) gets the run's length when the config leaves it unset.
-        map_backend: COCO evaluation backend of the mAP: ``faster_coco_eval`` or ``pycocotools``.
+        map_backend: COCOeval used for every metric: ``faster_coco_eval`` (fast) or ``pycocotools``.
         score_threshold: Score a detection needs to count in precision / recall / F1.
         mask_threshold: Mask probability above which a pixel belongs to an instance.
 
@@ -82,8 +83,8 @@ class MaskRCNNModule(pl.LightningModule):
         self.lr_multipliers = lr_multipliers or {}
         self.optimizer, self.scheduler = optimizer, scheduler
         self.mask_threshold = mask_threshold
-        self.val_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold)
-        self.test_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold)
+        self.val_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold, self.class_names)
+        self.test_metrics = DetectionMetrics(map_backend, score_threshold, mask_threshold, self.class_names)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MaskRCNNModule:  # type: ignore[override]
