@@ -1,4 +1,4 @@
-"""FujiApplesDataModule: apple instance segmentation from Fuji-SfM (VIA polygon CSVs) or COCO JSON.
+"""FujiApplesDataModule: apple instance segmentation from Fuji-SfM, VIA exports or COCO JSON, in any common layout.
 
 Samples follow torchvision's detection contract (image ``float32[3, H, W]`` in [0, 1]; target
 ``boxes`` xyxy, ``labels``, ``masks uint8[N, H, W]``), sized by ``min_size`` / ``max_size``. Besides the
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.coco_truth import EvaluationDataset
 from datamodules.detection_transforms import eval_transforms, train_transforms
-from datamodules.fuji_layout import SPLITS, Format, find_splits, hold_out, read_split, source_files
+from datamodules.fuji_layout import SPLITS, Format, Layout, find_layout, hold_out, read_split, source_files
 from datamodules.image_folder import list_images
 from datamodules.instance_data import InstanceDataset, Sample, check_decodes, collate_detection
 from datamodules.synthetic_orchard import SyntheticOrchard
@@ -29,17 +29,37 @@ from datamodules.via import AnnotationError
 log = logging.getLogger(__name__)
 
 
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies inside it (cards stay the same wherever the data is)."""
+    try:
+        return path.relative_to(root).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
 class DataError(ValueError):
     """The data set has problems and ``on_bad_data`` is ``"error"``."""
 
 
 class FujiApplesDataModule(pl.LightningDataModule):
-    """Fuji apple instance segmentation (Fuji-SfM or a COCO export).
+    """Fuji apple instance segmentation (Fuji-SfM, a VIA export or a COCO export).
+
+    The layout under ``root`` is detected (Fuji-SfM, the original Fuji project's ``trainingset/`` +
+    ``testset/``, CVAT, Roboflow, COCO 2017, ``annotations.json``, VIA exports; see
+    :mod:`datamodules.fuji_layout`), or each split's files are named (``train_annotations`` …).
 
     Args:
-        root: Data folder: Fuji-SfM as unpacked (``1-Mask-set/…``) or a COCO export (``annotations.json``).
-        format: ``"via"`` (Fuji-SfM VIA CSVs), ``"coco"``, or ``"auto"`` to detect it.
-        class_names: Class names, index 0 = background (torchvision's convention); VIA regions are class 1.
+        root: Data folder; relative ``*_annotations`` / ``*_images`` paths are relative to it.
+        format: ``"via"``, ``"coco"``, or ``"auto"`` to detect it.
+        class_names: Class names, index 0 = background (torchvision's convention); COCO categories are
+            matched by name; VIA regions are class 1 unless ``class_attribute`` names their class.
+        class_attribute: VIA region attribute that names each region's class (multi-class VIA data).
+        train_annotations: The training split's COCO JSON, VIA export (CSV or JSON) or folder of VIA CSVs.
+        train_images: The training split's image folder (default: beside the annotations, or ``images/``).
+        val_annotations: As ``train_annotations``, for validation (default: detected, else held out).
+        val_images: As ``train_images``, for validation.
+        test_annotations: As ``train_annotations``, for testing (default: detected, else held out).
+        test_images: As ``train_images``, for testing.
         batch_size: Images per batch.
         num_workers: Data-loading worker processes.
         min_size: Shorter image side after resizing (the detector does not resize again).
@@ -65,6 +85,13 @@ class FujiApplesDataModule(pl.LightningDataModule):
         root: str | Path = "data/Fuji-SfM",
         format: Format = "auto",
         class_names: list[str] | None = None,
+        class_attribute: str | None = None,
+        train_annotations: str | None = None,
+        train_images: str | None = None,
+        val_annotations: str | None = None,
+        val_images: str | None = None,
+        test_annotations: str | None = None,
+        test_images: str | None = None,
         batch_size: int = 2,
         num_workers: int = 2,
         min_size: int = 1024,
@@ -88,6 +115,15 @@ class FujiApplesDataModule(pl.LightningDataModule):
                 f"data.class_names={self.class_names}: index 0 must be 'background' followed by the object "
                 "classes, e.g. ['background', 'apple']."
             )
+        self.class_attribute = class_attribute
+        paths = {
+            "train": (train_annotations, train_images),
+            "val": (val_annotations, val_images),
+            "test": (test_annotations, test_images),
+        }
+        self.explicit_paths = {
+            split: (self._resolve(annotations), self._resolve(images)) for split, (annotations, images) in paths.items()
+        }
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.min_size, self.max_size = min_size, max_size
@@ -97,7 +133,10 @@ class FujiApplesDataModule(pl.LightningDataModule):
         self.synthetic = synthetic
         self.predict_root = Path(predict_root) if predict_root else None
         self._splits: dict[str, list[Sample]] | None = None
-        self._found_format = format
+        self._layout: Layout | None = None
+
+    def _resolve(self, path: str | None) -> Path | None:
+        return None if path is None else self.root / path
 
     @property
     def num_classes(self) -> int:
@@ -115,17 +154,27 @@ class FujiApplesDataModule(pl.LightningDataModule):
 
     def _read(self) -> tuple[dict[str, list[Sample]], list[str]]:
         self.prepare_data()
-        sources = find_splits(self.root, self.format)
-        self._found_format = sources["train"].format
+        self._layout = self.layout()
         splits: dict[str, list[Sample]] = {}
         problems: list[str] = []
-        for split, source in sources.items():
-            splits[split], found = read_split(source, self.class_names)
+        read: dict[tuple[Path, Path], tuple[list[Sample], list[str]]] = {}
+        for split, source in self._layout.splits.items():
+            key = (source.path, source.image_dir)
+            if key in read:  # one file serving two splits (the original project's testset): problems once
+                splits[split] = read[key][0]
+                continue
+            read[key] = read_split(source, self.class_names, self.class_attribute)
+            splits[split], found = read[key]
             problems += found
         for split, fraction, salt in (("val", self.val_fraction, 0), ("test", self.test_fraction, 1)):
             if split not in splits:
                 splits["train"], splits[split] = hold_out(splits["train"], fraction, self.seed + salt)
         return splits, problems
+
+    def layout(self) -> Layout:
+        """The layout found under ``root`` (or the explicit paths) and its splits on disk."""
+        self.prepare_data()
+        return find_layout(self.root, self.format, self.explicit_paths)
 
     def splits(self) -> dict[str, list[Sample]]:
         """Return the samples per split (``train``, ``val``, ``test``), read once, after ``on_bad_data``."""
@@ -208,15 +257,17 @@ class FujiApplesDataModule(pl.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """Describe the data: per split images, instances per class, negatives, mask areas (JSON-ready)."""
         splits = self.splits()
+        layout = self._layout or self.layout()
         synthetic = (self.root / "SYNTHETIC.txt").is_file()
         out: dict[str, Any] = {
-            "name": "synthetic orchard"
-            if synthetic
-            else "Fuji-SfM"
-            if self._found_format == "via"
-            else self.root.name,
+            "name": "synthetic orchard" if synthetic else "Fuji-SfM" if layout.name == "Fuji-SfM" else self.root.name,
             "root": str(self.root),
-            "format": self._found_format,
+            "layout": layout.name,
+            "format": layout.splits["train"].format,
+            "sources": {
+                split: {"annotations": _shown(source.path, self.root), "images": _shown(source.image_dir, self.root)}
+                for split, source in layout.splits.items()
+            },
             "class_names": self.class_names,
             "splits": {},
             "instances": {},
@@ -247,17 +298,14 @@ class FujiApplesDataModule(pl.LightningDataModule):
     def dataset_files(self) -> list[Path]:
         """Every image and annotation file under the data root, sorted (for a content hash); bad ones too."""
         self.prepare_data()
-        return sorted(
-            {p for source in find_splits(self.root, self.format).values() for p in source_files(source)}
-        )
+        return sorted({p for source in self.layout().splits.values() for p in source_files(source)})
 
     def sample_images(self, per_class: int = 4) -> dict[str, list[Path]]:
-        """Up to ``per_class`` images showing each class; ``background`` lists images without instances."""
-        out: dict[str, list[Path]] = {name: [] for name in self.class_names}
+        """Up to ``per_class`` images showing each object class (not ``background``)."""
+        out: dict[str, list[Path]] = {name: [] for name in self.class_names[1:]}
         for split in SPLITS:
             for sample in self.splits().get(split, []):
-                labels = {inst.label for inst in sample.instances} or {0}
-                for label in labels:
+                for label in {inst.label for inst in sample.instances}:
                     if len(out[self.class_names[label]]) < per_class:
                         out[self.class_names[label]].append(sample.image)
         return {name: paths for name, paths in out.items() if paths}
@@ -272,7 +320,8 @@ class FujiApplesDataModule(pl.LightningDataModule):
             splits, problems = self._read()
         except (FileNotFoundError, AnnotationError) as err:
             return [str(err)]
-        for sample in (s for samples in splits.values() for s in samples):
+        unique = {s.image: s for samples in splits.values() for s in samples}  # a file may serve two splits
+        for sample in unique.values():
             try:
                 check_decodes(sample.image)
             except AnnotationError as err:

@@ -1,55 +1,129 @@
-"""Where the splits of an apple data set are on disk, and how each is read into samples.
+"""Where the splits of an instance-segmentation data set are on disk, and how each is read into samples.
 
-Two layouts are recognised under the data root:
+Explicit paths (an annotation file or folder, and an image folder, per split) win; otherwise the first
+of these layouts found under the data root is used:
 
-* Fuji-SfM as downloaded: ``1-Mask-set/training_images_and_annotations/`` and
-  ``1-Mask-set/validation_images_and_annotations/``, each holding images ``_MG_xxxx_NN.jpg`` and one VIA
-  CSV per image, ``mask__MG_xxxx_NN.csv`` (``mask_`` + the image's stem);
-* COCO: ``annotations.json`` beside an ``images/`` folder (or the images themselves), either at the root
-  or in ``train/``, ``val/`` and ``test/`` sub-folders.
+* Fuji-SfM as downloaded: ``1-Mask-set/{training,validation}_images_and_annotations/``, images and one
+  VIA CSV per image (``mask_<image stem>.csv``);
+* the original Fuji project: ``trainingset/`` and ``testset/``, each ``annotations.json`` (COCO) beside
+  ``JPEGImages/``; ``testset`` is the validation and the test split, as that project used it;
+* CVAT's COCO export: ``annotations/instances_<subset>.json`` + ``images/`` (or ``images/<subset>/``),
+  and COCO 2017: ``annotations/instances_{train,val}2017.json`` + ``{train,val}2017/``;
+* Roboflow's COCO export: ``{train,valid,test}/_annotations.coco.json`` beside the images;
+* a COCO file ``annotations.json`` beside ``images/`` (or the images), at the root or per split folder;
+* VIA exports (CSV or JSON, one per folder or one per image) beside the images, at the root or per
+  split folder.
 
-Splits the layout lacks (Fuji-SfM has no test split) are held out from training, seeded.
+Split folders may be named ``train``/``training``, ``val``/``valid``/``validation``, ``test``/``testing``.
+Splits the layout lacks are held out from training, seeded.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from datamodules.coco import read_coco
-from datamodules.instance_data import Instance, Sample, checked_polygon, image_size
-from datamodules.via import AnnotationError, ViaRegion, read_via_csv
+from datamodules.instance_data import Sample
+from datamodules.via import AnnotationError, is_via_export
+from datamodules.via_samples import IMAGE_SUFFIXES, read_via_samples, via_exports
 
 Format = Literal["auto", "via", "coco"]
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
 VIA_SPLIT_FOLDERS = {"train": "training_images_and_annotations", "val": "validation_images_and_annotations"}
 COCO_FILE = "annotations.json"
 
 FUJI_SFM_HELP = (
     "download Fuji-SfM (Gené-Mola et al., Data in Brief 2020, CC BY-NC-SA 4.0) and unpack it so that "
-    "{root}/1-Mask-set/training_images_and_annotations/ holds the images and their mask_*.csv files, or set "
-    "data.root to a COCO export (a folder with annotations.json); for a try-out without data use "
-    "configs/demo/fuji_cpu.yaml, which writes a synthetic orchard"
+    "{root}/1-Mask-set/training_images_and_annotations/ holds the images and their mask_*.csv files, point "
+    "data.root at another supported layout, or name the files with data.train_annotations and "
+    "data.train_images; for a try-out without data use configs/demo/fuji_cpu.yaml, which writes a synthetic "
+    "orchard"
 )
 
 
 @dataclass(frozen=True)
 class SplitSource:
-    """One split on disk: a folder of images with VIA CSVs, or a COCO file and its image folder."""
+    """One split on disk: VIA exports (a file or a folder of them) or a COCO file, and the image folder."""
 
     format: Literal["via", "coco"]
     path: Path
     image_dir: Path
 
 
-def _via_base(root: Path) -> Path | None:
+@dataclass(frozen=True)
+class Layout:
+    """The splits found and the name of the layout they were found in."""
+
+    name: str
+    splits: dict[str, SplitSource]
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder or subset name stands for (``valid`` -> ``val``, ``train2017`` -> ``train``)."""
+    base = re.sub(r"\d+$", "", name.lower())
+    return next((split for split, names in ALIASES.items() if base in names), None)
+
+
+def _fuji_sfm(root: Path) -> dict[str, SplitSource]:
     for base in (root / "1-Mask-set", root):
-        if (base / VIA_SPLIT_FOLDERS["train"]).is_dir():
-            return base
-    return None
+        folders = {split: base / name for split, name in VIA_SPLIT_FOLDERS.items()}
+        if folders["train"].is_dir():
+            return {split: SplitSource("via", f, f) for split, f in folders.items() if f.is_dir()}
+    return {}
+
+
+def _original_project(root: Path) -> dict[str, SplitSource]:
+    found = {}
+    for folder, splits in (("trainingset", ("train",)), ("testset", ("val", "test"))):
+        if (root / folder / COCO_FILE).is_file():
+            images = root / folder / "JPEGImages"
+            image_dir = images if images.is_dir() else root / folder
+            for split in splits:
+                found[split] = SplitSource("coco", root / folder / COCO_FILE, image_dir)
+    return found
+
+
+def _instances_files(root: Path) -> dict[str, SplitSource]:
+    """CVAT (``instances_default.json`` + ``images/``) and COCO 2017 (``instances_train2017.json`` + ``train2017/``)."""
+    found = {}
+    for path in sorted((root / "annotations").glob("instances_*.json")):
+        subset = path.stem.removeprefix("instances_")
+        split = "train" if subset.lower() == "default" else split_of(subset)
+        candidates = (root / subset, root / "images" / subset, root / "images")
+        image_dir = next((c for c in candidates if c.is_dir()), None)
+        if split is not None and image_dir is not None and split not in found:
+            found[split] = SplitSource("coco", path, image_dir)
+    return found
+
+
+def _roboflow(root: Path) -> dict[str, SplitSource]:
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        split = split_of(folder.name)
+        if split and split not in found and (folder / "_annotations.coco.json").is_file():
+            found[split] = SplitSource("coco", folder / "_annotations.coco.json", folder)
+    return found
+
+
+def _per_folder(root: Path, source: Callable[[Path], SplitSource | None]) -> dict[str, SplitSource]:
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        split = split_of(folder.name)
+        if split and split not in found and (found_here := source(folder)) is not None:
+            found[split] = found_here
+    if "train" not in found and (single := source(root)) is not None:
+        return {"train": single}
+    return found
 
 
 def _coco_source(folder: Path) -> SplitSource | None:
@@ -59,92 +133,91 @@ def _coco_source(folder: Path) -> SplitSource | None:
     return SplitSource("coco", folder / COCO_FILE, images if images.is_dir() else folder)
 
 
-def find_splits(root: Path, fmt: Format = "auto") -> dict[str, SplitSource]:
-    """Find the splits under ``root`` (at least ``train``); raise ``FileNotFoundError`` saying what to do."""
+def _via_source(folder: Path) -> SplitSource | None:
+    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    return SplitSource("via", folder, folder) if has_images and via_exports(folder) else None
+
+
+#: (name, formats, what is looked for, finder), in the order they are tried.
+LAYOUTS = (
+    ("Fuji-SfM", ("via",), "1-Mask-set/training_images_and_annotations/ (Fuji-SfM)", _fuji_sfm),
+    ("original project", ("coco",), "trainingset/annotations.json + trainingset/JPEGImages/", _original_project),
+    ("CVAT / COCO 2017", ("coco",), "annotations/instances_<subset>.json + images/ or <subset>/", _instances_files),
+    ("Roboflow", ("coco",), "{train,valid,test}/_annotations.coco.json", _roboflow),
+    ("COCO", ("coco",), f"{COCO_FILE} (+ images/) at the root or in train/, val/, test/",
+     lambda r: _per_folder(r, _coco_source)),
+    ("VIA", ("via",), "images with VIA exports (*.csv, *.json) at the root or in train/, val/, test/",
+     lambda r: _per_folder(r, _via_source)),
+)  # fmt: skip
+
+
+def _explicit_source(split: str, annotations: Path, images: Path | None) -> SplitSource:
+    key = f"data.{split}_annotations"
+    if not annotations.exists():
+        raise FileNotFoundError(f"{key}={annotations} does not exist: point it at a COCO JSON or VIA export.")
+    if images is not None and not images.is_dir():
+        raise FileNotFoundError(f"data.{split}_images={images} is not a folder: point it at the split's images.")
+    if annotations.is_dir():
+        return SplitSource("via", annotations, images or annotations)
+    is_coco = annotations.suffix.lower() == ".json" and not is_via_export(annotations)
+    default = annotations.parent / ("images" if (annotations.parent / "images").is_dir() and is_coco else "")
+    return SplitSource("coco" if is_coco else "via", annotations, images or default)
+
+
+def find_layout(
+    root: Path, fmt: Format = "auto", explicit: dict[str, tuple[Path | None, Path | None]] | None = None
+) -> Layout:
+    """Find the splits: explicit paths first, then the first layout under ``root`` with a training split.
+
+    Args:
+        root: The data root.
+        fmt: ``via`` or ``coco`` to try only that format's layouts.
+        explicit: Per split, ``(annotation file or folder, image folder)``; either may be ``None``.
+
+    Raises:
+        FileNotFoundError: Nothing found; the message lists every layout looked for.
+
+    """
+    given = {
+        split: _explicit_source(split, annotations, images)
+        for split, (annotations, images) in (explicit or {}).items()
+        if annotations is not None
+    }
+    if "train" in given:
+        return Layout("explicit paths", given)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist: " + FUJI_SFM_HELP.format(root=root) + ".")
-    if fmt in ("auto", "via") and (base := _via_base(root)) is not None:
-        folders = {split: base / name for split, name in VIA_SPLIT_FOLDERS.items()}
-        return {split: SplitSource("via", f, f) for split, f in folders.items() if f.is_dir()}
-    if fmt in ("auto", "coco"):
-        per_split = {split: _coco_source(root / split) for split in SPLITS}
-        found = {split: source for split, source in per_split.items() if source is not None}
-        if "train" in found:
-            return found
-        if (single := _coco_source(root)) is not None:
-            return {"train": single}
-    expected = {
-        "via": f"{root}/1-Mask-set/{VIA_SPLIT_FOLDERS['train']}/",
-        "coco": f"{root}/{COCO_FILE} or {root}/train/{COCO_FILE}",
-        "auto": f"{root}/1-Mask-set/{VIA_SPLIT_FOLDERS['train']}/ (Fuji-SfM) or {root}/{COCO_FILE} (COCO)",
-    }[fmt]
+    for name, formats, _, finder in LAYOUTS:
+        if fmt in ("auto", *formats) and "train" in (found := finder(root)):
+            return Layout(name if not given else f"{name} + explicit paths", {**found, **given})
+    looked_for = "; ".join(f"{root}/{what}" for _, formats, what, _ in LAYOUTS if fmt in ("auto", *formats))
     raise FileNotFoundError(
-        f"data.root={root} has no {'' if fmt == 'auto' else fmt + ' '}data set: expected {expected}; "
-        + FUJI_SFM_HELP.format(root=root)
-        + "."
+        f"data.root={root} has no {'' if fmt == 'auto' else fmt + ' '}data set with a training split (looked for "
+        f"{looked_for}): " + FUJI_SFM_HELP.format(root=root) + "."
     )
 
 
-def read_via_folder(folder: Path, label: int = 1) -> tuple[list[Sample], list[str]]:
-    """Read a folder of images and VIA CSVs into samples, and problems as messages (those images left out).
-
-    Every region is an instance of class ``label``. An image needs annotations (a CSV naming it); an image
-    whose CSV has no regions is a negative sample.
-    """
-    problems: list[str] = []
-    annotated: dict[Path, tuple[Path, list[ViaRegion]]] = {}
-    unreadable: set[str] = set()  # stems of images whose CSV failed: reported once, as the CSV's problem
-    for csv_path in sorted(folder.glob("*.csv")):
-        try:
-            per_image = read_via_csv(csv_path)
-        except AnnotationError as err:
-            problems.append(str(err))
-            unreadable.add(csv_path.stem.removeprefix("mask_"))
-            continue
-        for filename, regions in per_image.items():
-            image = folder / filename
-            if image in annotated:
-                problems.append(
-                    f"{csv_path}: {filename} is also annotated in {annotated[image][0].name}: keep one."
-                )
-            annotated[image] = (csv_path, regions)
-    samples: list[Sample] = []
-    for image, (csv_path, regions) in sorted(annotated.items()):
-        if not image.is_file():
-            problems.append(
-                f"{csv_path}: names image {image.name}, which is missing: restore it or delete the CSV."
-            )
-            continue
-        try:
-            width, height = image_size(image)
-            instances = [
-                Instance(label, [checked_polygon(r.polygon, width, height, r.where)]) for r in regions
-            ]
-        except AnnotationError as err:
-            problems.append(str(err))
-            continue
-        samples.append(Sample(image, csv_path, width, height, instances))
-    for image in sorted(folder.iterdir()):
-        if image.suffix.lower() in IMAGE_SUFFIXES and image not in annotated and image.stem not in unreadable:
-            problems.append(
-                f"{image}: no annotations (expected {folder / ('mask_' + image.stem + '.csv')}): annotate "
-                "it in VIA (no regions = an image without apples) or move it out of the folder."
-            )
-    return samples, problems
+def find_splits(root: Path, fmt: Format = "auto") -> dict[str, SplitSource]:
+    """The splits of the layout under ``root`` (see :func:`find_layout`)."""
+    return find_layout(root, fmt).splits
 
 
 def source_files(source: SplitSource) -> list[Path]:
     """Every image and annotation file of one split on disk, readable or not."""
-    images = [p for p in source.image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    annotations = sorted(source.path.glob("*.csv")) if source.format == "via" else [source.path]
-    return sorted(images) + annotations
+    folder = source.image_dir
+    listed = folder.iterdir() if folder.is_dir() else []
+    images = [p for p in listed if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    annotations = via_exports(source.path) if source.format == "via" else [source.path]
+    return sorted(images) + sorted(annotations)
 
 
-def read_split(source: SplitSource, class_names: list[str]) -> tuple[list[Sample], list[str]]:
+def read_split(
+    source: SplitSource, class_names: list[str], class_attribute: str | None = None
+) -> tuple[list[Sample], list[str]]:
     """Read one split into samples and problems."""
-    if source.format == "via":
-        return read_via_folder(source.path, label=1)
     try:
+        if source.format == "via":
+            return read_via_samples(source.path, source.image_dir, class_names, class_attribute)
         return read_coco(source.path, source.image_dir, class_names)
     except AnnotationError as err:
         return [], [str(err)]
