@@ -146,7 +146,7 @@ LAYOUTS = (
     ("Roboflow", ("coco",), "{train,valid,test}/_annotations.coco.json", _roboflow),
     ("COCO", ("coco",), f"{COCO_FILE} (+ images/) at the root or in train/, val/, test/",
      lambda r: _per_folder(r, _coco_source)),
-    ("VIA", ("via",), "images with VIA exports (*.csv, *.json) at the root or in train/, val/, test/",
+    ("VIA", ("via",), "*.csv / *.json VIA exports beside images, at the root or in train/, val/, test/",
      lambda r: _per_folder(r, _via_source)),
 )  # fmt: skip
 

@@ -1,14 +1,16 @@
-"""``harvest data describe|check``: a data set's card and its quality check, from the configs of ``fit``.
+"""``harvest data describe|check``: a data set's card and its quality check, from a folder or the configs of ``fit``.
 
 ::
 
-    harvest data describe --config configs/groceries_ssl.yaml [--data.root FOLDER] [--json true]
+    harvest data check data/Fuji-SfM                      # the pipeline and the layout are detected
+    harvest data describe data/DS2GROCERIES [--json true]
     harvest data check --config configs/fuji_maskrcnn.yaml --config configs/demo/fuji_cpu.yaml
     harvest data check --data GroceriesDataModule --data.root data/DS2GROCERIES
 
 The ``data`` section is parsed exactly as ``harvest fit`` parses it (repeated ``--config``,
-``--data.*`` overrides, short class names); the other sections of a fit config are accepted and
-ignored. ``describe`` needs no tracker. ``check`` exits with status 1 when it finds errors.
+``--data.*`` overrides, short class names); a folder given as ``PATH`` is the data root (with a config:
+it replaces ``data.root``). The other sections of a fit config are accepted and ignored: no model is
+built, no weights are downloaded, no logger is started. ``check`` exits with status 1 when it finds errors.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 from rich.table import Table
 
+from datamodules.detect import detect_pipeline
 from harvest.console import console as output_console
 from harvest.dataset_card import build_card, check_dataset, short_hash
 
@@ -34,7 +38,10 @@ _FIT_SECTIONS = ("trainer", "model", "optimizer", "lr_scheduler", "seed_everythi
 def _command_parser(name: str, description: str) -> LightningArgumentParser:
     parser = LightningArgumentParser(prog=f"harvest data {name}", description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="A fit config file (repeat to compose).")
-    parser.add_lightning_class_args(pl.LightningDataModule, "data", subclass_mode=True, required=True)
+    parser.add_argument(
+        "path", nargs="?", default=None, help="Data folder; its pipeline and layout are detected (optional)."
+    )
+    parser.add_lightning_class_args(pl.LightningDataModule, "data", subclass_mode=True, required=False)
     for section in _FIT_SECTIONS:
         parser.add_argument(
             f"--{section}", type=Any, default=None, help="Accepted from fit configs; ignored."
@@ -62,6 +69,14 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def data_config(path: Path, data: Any) -> Any:
+    """The ``data`` section for a folder: the given one with ``root`` replaced, else the detected pipeline's."""
+    if data is not None:
+        data.init_args.root = str(path)
+        return data
+    return Namespace(class_path=detect_pipeline(path), init_args=Namespace(root=str(path)))
+
+
 def card_tables(card: dict[str, Any]) -> list[Table]:
     """The card as rich tables: an overview, then image counts per class and split."""
     overview = Table(title=f"Data set {card['name']}", show_header=False)
@@ -71,6 +86,7 @@ def card_tables(card: dict[str, Any]) -> list[Table]:
     rows = {
         "pipeline": card.get("pipeline"),
         "root": card.get("root"),
+        "layout": card.get("layout"),
         "format": card.get("format"),
         "files": f"{card['files']} ({card['bytes'] / 1e6:.1f} MB)",
         "content hash": card["content_hash"],
@@ -106,7 +122,7 @@ def _rounded(value: Any) -> Any:
 
 def _root_cause(error: BaseException) -> BaseException:
     """The data module's own error, not jsonargparse's wrapper around it."""
-    while error.__cause__ or error.__context__:
+    while error.__cause__ or (error.__context__ and not error.__suppress_context__):
         error = error.__cause__ or error.__context__  # type: ignore[assignment]
     return error
 
@@ -117,7 +133,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
     console, errors = output_console(), output_console(stderr=True)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse < 4.49
+    command = config[config.command]
+    for section in _FIT_SECTIONS:  # never instantiated: no model, no weights download, no logger
+        command[section] = None
     try:
+        if command.path is not None:
+            command.data = data_config(Path(command.path), command.data)
+        elif command.data is None:
+            raise ValueError("give a data folder (harvest data check FOLDER) or a fit config (--config FILE)")
         datamodule = instantiate(config)[config.command].data
     except (OSError, ValueError) as error:
         errors.print(f"harvest data {config.command}: {_root_cause(error)}", highlight=False, markup=False)

@@ -77,3 +77,46 @@ def test_a_missing_data_set_is_one_line_with_status_2(tmp_path: Path, capsys: py
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("harvest data describe: ") and str(missing) in line
+
+
+def test_a_folder_alone_detects_the_pipeline_and_the_layout(
+    tiny_orchard: Path, tiny_groceries: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cli_main(["data", "check", str(tiny_orchard)])
+    out = capsys.readouterr().out
+    assert "0 errors, 0 warnings" in out and str(tiny_orchard) in out
+    cli_main(["data", "describe", str(tiny_orchard), "--json", "true"])
+    card = json.loads(capsys.readouterr().out)
+    assert card["pipeline"] == "fuji_apples" and card["layout"] == "Fuji-SfM" and card["format"] == "via"
+    cli_main(["data", "describe", str(tiny_groceries), "--json", "true"])
+    assert json.loads(capsys.readouterr().out)["pipeline"] == "groceries_ssl"
+
+
+def test_a_folder_with_a_config_replaces_its_root_and_builds_no_model(
+    in_tmp: Path, tiny_orchard: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The real recipe names COCO weights and MLflow: a data command downloads nothing and starts no logger."""
+    monkeypatch.setenv("TORCH_HOME", str(in_tmp / "torch"))
+    cli_main(["data", "check", FUJI[0], str(tiny_orchard)])
+    assert "0 errors, 0 warnings" in capsys.readouterr().out
+    assert not (in_tmp / "torch").exists() and not (in_tmp / "mlflow.db").exists() and not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "give a data folder (harvest data check FOLDER) or a fit config"),
+        (["{empty}"], "no data set layout found; looked for {empty}/1-Mask-set/"),
+    ],
+    ids=["nothing", "no-layout"],
+)
+def test_a_folder_without_a_known_layout_is_one_line_with_status_2(
+    tmp_path: Path, args: list[str], expected: str, capsys: pytest.CaptureFixture
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["data", "check", *(a.format(empty=empty) for a in args)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert expected.format(empty=empty) in line and "train/<class>/*.jpg" in line or not args

@@ -104,7 +104,7 @@ def test_nothing_found_lists_every_layout_looked_for(tmp_path: Path) -> None:
         "annotations/instances_<subset>.json",
         "{train,valid,test}/_annotations.coco.json",
         "annotations.json (+ images/)",
-        "VIA exports",
+        "VIA exports beside images",
     ):
         assert looked_for in message
     assert "\n" not in message
