@@ -22,6 +22,8 @@ class WarmupCosineLR(LRScheduler):
         total_steps: Length of the schedule in optimizer steps; left unset, the LightningModule fills in the
             run's length (``trainer.estimated_stepping_batches``).
         warmup_steps: Steps of linear warm-up.
+        warmup_fraction: Warm-up as a share of ``total_steps`` when that is longer than ``warmup_steps``
+            (``1 / max_epochs``: one epoch).
         warmup_factor: Learning rate at step 0, as a fraction of the initial learning rate.
         min_lr_ratio: Learning rate at the end of the cosine, as a fraction of the initial one.
         last_epoch: Index of the last step, to resume (``-1``: start).
@@ -33,6 +35,7 @@ class WarmupCosineLR(LRScheduler):
         optimizer: Optimizer,
         total_steps: int | None = None,
         warmup_steps: int = 0,
+        warmup_fraction: float = 0.0,
         warmup_factor: float = 0.001,
         min_lr_ratio: float = 0.0,
         last_epoch: int = -1,
@@ -40,7 +43,8 @@ class WarmupCosineLR(LRScheduler):
         if total_steps is None or total_steps < 1:
             raise ValueError(f"WarmupCosineLR needs total_steps >= 1, got {total_steps}.")
         self.total_steps = int(total_steps)
-        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
+        warmup_steps = max(int(warmup_steps), round(self.total_steps * warmup_fraction))
+        self.warmup_steps = max(0, min(warmup_steps, self.total_steps))
         self.warmup_factor = warmup_factor
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer, last_epoch)
