@@ -1,4 +1,4 @@
-"""Confusion matrices of the module's evaluated classifiers: counts, a normalised figure, every logger."""
+"""Confusion matrices of the module's evaluated classifiers: counts, per-class scores, a figure, every logger."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -19,6 +20,23 @@ from callbacks.training_summary import write_json_atomic
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)
+
+
+def per_class_scores(counts: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows: true, columns: predicted).
+
+    A class never predicted has precision 0, a class with no images recall 0 (scikit-learn's ``zero_division=0``).
+    """
+    hits = np.diag(counts).astype(float)
+    predicted, actual = counts.sum(axis=0).astype(float), counts.sum(axis=1).astype(float)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    return {
+        name: {"precision": float(p), "recall": float(r), "F1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(class_names, precision, recall, f1, actual, strict=True)
+    }
 
 
 def plot_confusion_matrix(counts: np.ndarray, class_names: list[str], title: str, path: Path) -> Path:
@@ -49,9 +67,12 @@ class ConfusionMatrix(Callback):
     """At the end of ``fit`` and ``test``, one confusion matrix per evaluated classifier of the module.
 
     Reads ``pl_module.<results_attribute>``: a dict ``{name: result}`` whose results have ``y_true``
-    and ``y_pred`` (class indices; the semi-supervised classifier's ``ssl_results``, one per
-    algorithm). For each: ``plots/confusion_matrix_<name>.png`` (row-normalised colours, counts as
-    text, class names on the axes), all counts in ``confusion_matrices.json``, the figure in every
+    and ``y_pred`` (class indices; the semi-supervised classifier's ``ssl_results``: one per
+    algorithm and ``cnn_head``, the fine-tuned CNN's own classifier). For each: ``plots/confusion_matrix_<name>.png``
+    (row-normalised colours, counts as text, class names on the axes), all counts and per-class
+    precision / recall / F1 in ``confusion_matrices.json``, the per-class scores as metrics
+    ``<name>/<class>/precision|recall|F1`` (every logger, and ``trainer.callback_metrics`` for the
+    summary and the report: place this callback before ``TrainingSummary``), the figure in every
     logger that takes images (TensorBoard, W&B, MLflow as an artifact), and W&B's own interactive
     confusion-matrix plot (``<name>_confusion_matrix``). A no-op when the module has no results.
 
@@ -82,13 +103,19 @@ class ConfusionMatrix(Callback):
         class_names = self._class_names(trainer, pl_module, count)
         folder = run_dir(trainer)
         table: dict[str, Any] = {"class_names": class_names, "matrices": {}}
+        scores: dict[str, float] = {}
         for name, result in results.items():
             y_true, y_pred = np.asarray(result.y_true, dtype=int), np.asarray(result.y_pred, dtype=int)
             counts = confusion_matrix(y_true, y_pred, labels=list(range(count)))
+            per_class = per_class_scores(counts, class_names)
             table["matrices"][name] = {
                 "counts": counts.tolist(),
                 "accuracy": float((y_true == y_pred).mean()),
+                "per_class": per_class,
             }
+            for class_name, values in per_class.items():
+                label = class_name.replace("/", "_")
+                scores.update({f"{name}/{label}/{k}": values[k] for k in ("precision", "recall", "F1")})
             title = f"{name}: accuracy {table['matrices'][name]['accuracy']:.3f} on {len(y_true)} images"
             png = plot_confusion_matrix(
                 counts, class_names, title, folder / "plots" / f"confusion_matrix_{name}.png"
@@ -96,10 +123,18 @@ class ConfusionMatrix(Callback):
             log_image_file(trainer, f"confusion_matrix/{name}", png)
             self._wandb_plot(trainer, f"{name}_confusion_matrix", y_true, y_pred, class_names)
         write_json_atomic(folder / self.filename, table)
+        self._log_scores(trainer, scores)
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 log_artifact_file(trainer, logger, folder / self.filename)
         log.info("Confusion matrices of %s written to %s", ", ".join(results), folder / "plots")
+
+    @staticmethod
+    def _log_scores(trainer: pl.Trainer, scores: dict[str, float]) -> None:
+        """The per-class scores to every logger and into ``trainer.callback_metrics`` (summary, report)."""
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=trainer.global_step)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in scores.items()})
 
     @staticmethod
     def _wandb_plot(

@@ -20,25 +20,39 @@ class RunReport(Callback):
     """At the end of ``fit`` and ``test``, print a table of chosen metrics and the run's locations.
 
     A metric named ``<row>/<column>`` is shown in row ``<row>``, column ``<column>``, so
-    ``label_spreading/test_accuracy`` and ``label_spreading/f1_score`` share a row.
+    ``label_spreading/test_accuracy`` and ``label_spreading/f1_score`` share a row, and per-class
+    metrics ``<row>/<class>/<column>`` get a row per class (``val_segm/apple``).
 
     Args:
         metrics: Metric names or glob patterns, e.g. ``["*/test_accuracy", "*/f1_score"]``.
         title: Title of the table.
         row_label: Header of the first column.
+        per_class: Patterns of per-class metrics shown in a second table, e.g. ``["cnn_head/*/F1"]``.
+        per_class_title: Title of that table.
     """
 
-    def __init__(self, metrics: list[str], title: str = "Results", row_label: str = "") -> None:
+    def __init__(
+        self,
+        metrics: list[str],
+        title: str = "Results",
+        row_label: str = "",
+        per_class: list[str] | None = None,
+        per_class_title: str = "Per class",
+    ) -> None:
         self.metrics = metrics
         self.title = title
         self.row_label = row_label
+        self.per_class = list(per_class or [])
+        self.per_class_title = per_class_title
         self.console = output_console()
 
-    def table(self, metrics: dict[str, float | None]) -> Table | None:
-        """The results table for ``metrics``, or ``None`` when no metric matches."""
+    def table(
+        self, metrics: dict[str, float | None], patterns: list[str] | None = None, title: str | None = None
+    ) -> Table | None:
+        """The results table of ``metrics`` matching ``patterns`` (default: ``metrics``), or ``None``."""
         cells: dict[str, dict[str, float | None]] = {}
         columns: list[str] = []
-        for pattern in self.metrics:
+        for pattern in self.metrics if patterns is None else patterns:
             for name in sorted(n for n in metrics if fnmatch(n, pattern)):
                 row, _, column = name.rpartition("/")
                 cells.setdefault(row, {})[column] = metrics[name]
@@ -46,7 +60,7 @@ class RunReport(Callback):
                     columns.append(column)
         if not cells:
             return None
-        table = Table(title=self.title)
+        table = Table(title=title or self.title)
         table.add_column(self.row_label)
         for column in columns:
             table.add_column(column, justify="right")
@@ -76,9 +90,13 @@ class RunReport(Callback):
 
     @rank_zero_only
     def _report(self, trainer: pl.Trainer) -> None:
-        table = self.table(logged_values(trainer))
-        if table is not None:
-            self.console.print(table)
+        values = logged_values(trainer)
+        tables = [self.table(values)]
+        if self.per_class:
+            tables.append(self.table(values, self.per_class, self.per_class_title))
+        for table in tables:
+            if table is not None:
+                self.console.print(table)
         for line in self.locations(trainer):
             self.console.print(line, highlight=False)
 

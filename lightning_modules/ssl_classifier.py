@@ -176,7 +176,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         """Extract features, fit the algorithms when ``fit``, evaluate them (on one process).
 
         Returns:
-            Metrics, run results, per-algorithm test results and the estimators.
+            Metrics, run results, test results per algorithm and of ``cnn_head``, and the estimators.
 
         """
         datamodule = self._ssl_inputs()
@@ -195,13 +195,14 @@ class SemiSupervisedClassifier(pl.LightningModule):
         test_x, head_pred, test_y = self.extract(datamodule.test_dataloader())
         val = {name: ssl.evaluate(estimator, val_x, val_y) for name, estimator in self.estimators.items()}
         test = {name: ssl.evaluate(estimator, test_x, test_y) for name, estimator in self.estimators.items()}
-        metrics, run_results = ssl.summarize(val, test, unlabeled, ssl.scores(test_y, head_pred))
+        head = ssl.scores(test_y, head_pred)
+        metrics, run_results = ssl.summarize(val, test, unlabeled, head)
         targets = datamodule.ssl_targets()
         metrics["dataset/train_samples"], metrics["dataset/test_samples"] = len(targets), len(test_y)
         metrics["data/labeled_samples"] = int((targets >= 0).sum())
         metrics["data/unlabeled_samples"] = int((targets < 0).sum())
         metrics["timing/ssl_seconds"] = time.perf_counter() - started
-        return metrics, run_results, test, self.estimators
+        return metrics, run_results, {**test, "cnn_head": head}, self.estimators
 
     def _ssl_stage(self, fit: bool) -> dict[str, float]:
         """Run :meth:`_evaluate_ssl` on global rank zero and share its results with every rank."""

@@ -77,7 +77,7 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
     assert metrics["data/labeled_samples"] + metrics["data/unlabeled_samples"] == 36
     best = summary["results"]["best_algorithm"]
     assert metrics["summary/best_test_accuracy"] == pytest.approx(metrics[f"{best}/test_accuracy"])
-    assert set(cli.model.ssl_results) == set(ALGORITHMS) and len(cli.model.ssl_results[best].y_pred) == 15
+    assert set(cli.model.ssl_results) == {*ALGORITHMS, "cnn_head"} and len(cli.model.ssl_results[best].y_pred) == 15
 
     # the estimators travel in the best checkpoint, which loads without unpickling anything
     checkpoint = torch.load(summary["best_checkpoint"], weights_only=True)

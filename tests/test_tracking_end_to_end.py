@@ -20,6 +20,7 @@ from conftest import CONFIGS, REPO, GroceryRun, clear_run_name, groceries_args
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow_server import MlflowServer
+from sklearn.metrics import precision_recall_fscore_support
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb_records import OfflineRun
@@ -242,12 +243,21 @@ def test_one_run_name_everywhere_and_offline_said_in_one_line(all_loggers_run: A
 def test_confusion_matrices_and_dataset_card_in_the_run_directory(all_loggers_run: AllLoggersRun) -> None:
     run_dir, card = all_loggers_run.run_dir, all_loggers_run.card
     table = json.loads((run_dir / "confusion_matrices.json").read_text())
-    assert set(table["matrices"]) == set(ALGORITHMS) and len(table["class_names"]) == 3
+    assert set(table["matrices"]) == {*ALGORITHMS, "cnn_head"} and len(table["class_names"]) == 3
+    final = all_loggers_run.summary["final_metrics"]
     for name, matrix in table["matrices"].items():
         counts = matrix["counts"]
         assert sum(map(sum, counts)) == 15  # every test image once
         trace = sum(counts[i][i] for i in range(3))
-        assert trace / 15 == pytest.approx(all_loggers_run.summary["final_metrics"][f"{name}/test_accuracy"])
+        assert trace / 15 == pytest.approx(final[f"{name}/test_accuracy"])
+        y_true = [t for t in range(3) for p in range(3) for _ in range(counts[t][p])]
+        y_pred = [p for t in range(3) for p in range(3) for _ in range(counts[t][p])]
+        scores = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2], zero_division=0)
+        for index, class_name in enumerate(table["class_names"]):
+            expected = {"precision": scores[0][index], "recall": scores[1][index], "F1": scores[2][index]}
+            for metric, value in expected.items():
+                assert matrix["per_class"][class_name][metric] == pytest.approx(value)
+                assert final[f"{name}/{class_name}/{metric}"] == pytest.approx(value)  # in the summary too
     assert card["files"] == 60 and card["num_classes"] == 3 and card["class_imbalance"]["ratio"] == 1.0
     assert card["labeled_split"]["labeled"] + card["labeled_split"]["unlabeled"] == 36
     assert (run_dir / "plots" / "dataset_samples.png").stat().st_size > 1000
