@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
+from callbacks.mlflow_tracking import server_problem
 from harvest.tracking import loggers_of
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ PARENT_TAG = "harvest.sweep_parent"
 class SweepGroup(Callback):
     """Put a sweep trial's tracker runs in their sweep's group, before any run is created.
 
-    Added by ``harvest sweep`` to every trial. In ``preflight`` (called before ``fit``, ahead of
-    the loggers' first request) it makes each MLflow run a child of the sweep's parent run
+    Added by ``harvest sweep`` to every trial, after the recipe's callbacks (their ``preflight``
+    checks go first). In ``preflight`` (called before ``fit``, ahead of the loggers' first request)
+    it makes each MLflow run a child of the sweep's parent run
     (``mlflow.parentRunId``; the parent is created once per study and experiment and found again
     by its ``harvest.sweep`` tag, so several workers share it) and puts each W&B run in the
     W&B group named after the study.
@@ -49,8 +51,9 @@ class SweepGroup(Callback):
                 TRIAL_TAG: str(self.trial),
             }
         for logger in loggers_of(trainer, WandbLogger):
-            logger._wandb_init.setdefault("group", self.study)  # wandb.init(group=...), before the run starts
-            logger._wandb_init.setdefault("job_type", "sweep-trial")
+            init = logger._wandb_init  # wandb.init's arguments, used when the run starts (a config gives None)
+            init["group"] = init.get("group") or self.study
+            init["job_type"] = init.get("job_type") or "sweep-trial"
 
     def _parent_run(self, logger: MLFlowLogger) -> str:
         from mlflow import MlflowClient
@@ -58,6 +61,12 @@ class SweepGroup(Callback):
         uri, experiment = str(logger._tracking_uri), logger._experiment_name
         key = (uri, experiment, self.study)
         if key not in self._parents:
+            problem = server_problem(uri, timeout=5.0)
+            if problem:  # say so now: MLflow's own requests retry for minutes
+                raise RuntimeError(
+                    f"MLflow tracking server {uri} cannot be reached ({problem}): sweep {self.study} ran no "
+                    "trial. Start it, point trainer.logger's tracking_uri at a reachable one, or leave MLflow out."
+                )
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)

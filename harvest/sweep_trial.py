@@ -85,7 +85,8 @@ def run_trial(
         values: ``{harvest fit key: value}`` sampled for this trial.
         extra: Fixed overrides for every trial.
         run_name: The trial's run name.
-        callbacks: Sweep callbacks for this trial (pruning, grouping); they go first.
+        callbacks: Sweep callbacks for this trial (grouping, pruning), after the recipe's: its
+            ``preflight`` checks (a tracking server that is down) run before theirs.
         keys: The keys whose effective values are recorded.
         started: Filled with the :class:`TrialRun` under ``run_name`` before ``fit``, so that a
             trial stopped by the pruner still has its record.
@@ -98,7 +99,7 @@ def run_trial(
     run = TrialRun(Path(cli.trainer.default_root_dir), effective_values(cli.config, keys), None, uri, names)
     if started is not None:
         started[run_name] = run
-    cli.trainer.callbacks[:0] = callbacks
+    cli.trainer.callbacks.extend(callbacks)
     cli.preflight()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     run.metrics = scalar_metrics(cli.trainer.callback_metrics)
