@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,11 @@ def run_optuna(
     study_name: str,
     storage: str | None,
     seed: int | None,
+    after_trial: Callable[[Any], None] | None = None,
 ) -> Any:
     """Run (this worker's share of) the study: until it holds ``trials`` trials, all workers together.
+
+    ``after_trial(study)`` is called after each of this worker's trials (the sweep writes its results).
 
     Returns:
         The study.
@@ -193,7 +197,11 @@ def run_optuna(
     study.optimize(
         objective,
         n_trials=trials,
-        callbacks=[_progress(spec, trials), optuna.study.MaxTrialsCallback(trials, states=None)],
+        callbacks=[
+            _progress(spec, trials),
+            optuna.study.MaxTrialsCallback(trials, states=None),
+            *([lambda study, _: after_trial(study)] if after_trial else []),
+        ],
     )
     return study
 

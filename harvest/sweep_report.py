@@ -45,8 +45,11 @@ def best_yaml(best: dict[str, Any], spec: SweepSpec, configs: list[str], study: 
     return header + yaml.safe_dump(nested_overrides(best["effective"] or {}), sort_keys=False)
 
 
-def report(study: Any, spec: SweepSpec, configs: list[str], out_dir: Path) -> dict[str, Any]:
-    """Write ``results.json`` and ``best.yaml`` into ``out_dir``, print the trials table and return the results."""
+def write_results(study: Any, spec: SweepSpec, configs: list[str], out_dir: Path) -> dict[str, Any]:
+    """Write ``results.json`` and ``best.yaml`` (once a trial completed) into ``out_dir``; return the results.
+
+    Called after every trial, so a sweep that stops (an error, Ctrl-C) keeps what its trials found.
+    """
     trials = [trial_record(t, spec) for t in study.trials if not t.user_attrs.get("surplus")]
     completed = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
     pick = max if spec.goal == "maximize" else min
@@ -65,7 +68,13 @@ def report(study: Any, spec: SweepSpec, configs: list[str], out_dir: Path) -> di
     if best is not None:
         path = out_dir / "best.yaml"
         path.write_text(best_yaml(best, spec, configs, study.study_name, path))
+    return results
 
+
+def report(study: Any, spec: SweepSpec, configs: list[str], out_dir: Path) -> dict[str, Any]:
+    """Write the results (:func:`write_results`), print the trials table and return the results."""
+    results = write_results(study, spec, configs, out_dir)
+    trials, best = results["trials"], results["best"]
     table = Table(title=f"Sweep {study.study_name}: {spec.metric} ({spec.goal})")
     for column in ("trial", "state", spec.metric, *(p.name for p in spec.parameters)):
         table.add_column(column)

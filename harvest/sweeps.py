@@ -25,7 +25,7 @@ from typing import Any
 from harvest.cli import split_passthrough
 from harvest.sweep_keys import check_conflicts, override_keys, parse_fit_config, resolve_keys
 from harvest.sweep_optuna import run_optuna
-from harvest.sweep_report import register_best, report
+from harvest.sweep_report import register_best, report, write_results
 from harvest.sweep_space import SweepConfigError, SweepSpec, load_sweep
 from harvest.sweep_wandb import export_wandb
 
@@ -128,7 +128,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     trials = args.trials or spec.run_cap or 10
     fixed = override_keys(extra)
-    study = run_optuna(spec, config, args.config, extra, fixed, trials, study_name, args.storage, args.seed)
+    study = run_optuna(
+        spec,
+        config,
+        args.config,
+        extra,
+        fixed,
+        trials,
+        study_name,
+        args.storage,
+        args.seed,
+        after_trial=lambda study: write_results(study, spec, args.config, out_dir),
+    )
     results = report(study, spec, args.config, out_dir)
     if args.register:
         register_best(results, args.register, args.registry_uri)
