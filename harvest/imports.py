@@ -12,6 +12,7 @@ from lightning_utilities.core.imports import RequirementCache
 # name -> (requirement, how to install it)
 OPTIONAL: dict[str, tuple[str, str]] = {
     "optuna": ("optuna>=3.6", "pip install 'harvest-mlops[sweeps]'"),
+    "jsonschema": ("jsonschema>=4.18", "pip install 'harvest-mlops[sweeps]'"),
     "faster_coco_eval": ("faster-coco-eval>=1.6", "pip install faster-coco-eval"),
     "pycocotools": ("pycocotools>=2.0.8", "pip install pycocotools"),
     "skops": ("skops>=0.10", "pip install skops"),

@@ -1,146 +1,160 @@
-"""``harvest sweep``: Optuna trials are real ``harvest fit`` runs; W&B export runs the same keys."""
+"""``harvest sweep`` with Optuna: real trials, one source of truth per value, Hyperband that prunes."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import clear_run_name
 
-from harvest.cli import HarvestCLI, cli_main
-from harvest.sweep_space import SweepConfigError, load_sweep
+from harvest.cli import cli_main
+from harvest.sweep_space import SweepConfigError
 
 pytest.importorskip("optuna")
 
 TOY_CONFIG = {
+    "seed_everything": 7,
     "model": {"class_path": "toy_lightning.ToyModel"},
     "data": {"class_path": "toy_lightning.ToyData"},
     "trainer": {
-        "max_epochs": 2,
+        "max_epochs": 3,
+        "deterministic": True,
         "logger": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "callbacks": [{"class_path": "callbacks.TrainingSummary"}],
     },
 }
+#: lr 1e-5 barely moves the toy model: a clearly bad trial next to lr 0.5 and 1.0
+SPACE = {"model.init_args.lr": {"values": [1.0e-5, 0.5, 1.0]}, "data.init_args.batch_size": {"values": [8, 32]}}
 
 
 @pytest.fixture
-def toy_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "toy.yaml"
+def toy_config(in_tmp: Path) -> Path:
+    path = in_tmp / "toy.yaml"
     path.write_text(yaml.safe_dump(TOY_CONFIG))
     return path
 
 
-def _sweep(tmp_path: Path, **overrides: object) -> Path:
-    spec = {
-        "method": "random",
-        "metric": {"name": "val/loss", "goal": "minimize"},
-        "parameters": {
-            "model.init_args.lr": {"min": 0.01, "max": 1.0, "distribution": "log_uniform_values"},
-            "data.init_args.batch_size": {"values": [8, 32]},
-        },
-        **overrides,
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
+@pytest.fixture
+def sweep_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Harvest's log lines (its loggers do not propagate once the CLI configured logging)."""
+    loggers = [logging.getLogger(name) for name in ("harvest", "callbacks")]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO)
+    yield caplog
+    for logger in loggers:
+        logger.removeHandler(caplog.handler)
+
+
+def _sweep(folder: Path, **overrides: object) -> Path:
+    spec = {"method": "random", "metric": {"name": "val/loss", "goal": "minimize"}, "parameters": SPACE, **overrides}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def test_optuna_sweep_runs_real_trials_and_writes_the_best_config(toy_config: Path, tmp_path: Path) -> None:
-    sweep = _sweep(tmp_path)
-    cli_main(
-        ["sweep", "--config", str(toy_config), "--sweep", str(sweep), "--trials", "3", "--study-name", "toy_sweep"]
-    )
+def _run(config: Path, sweep: Path, *args: str) -> dict:
+    study = "toy_sweep"
+    cli_main(["sweep", "--config", str(config), "--sweep", str(sweep), "--study-name", study, "--seed", "0", *args])
+    return json.loads(Path("runs/sweeps", study, "results.json").read_text())
 
-    results = json.loads(Path("runs/sweeps/toy_sweep/results.json").read_text())
-    assert [t["state"] for t in results["trials"]] == ["COMPLETE"] * 3
-    # every trial is a real run with its own directory and summary holding the value Optuna got
-    for trial in results["trials"]:
-        summary = json.loads(Path("runs", trial["run_name"], "training_summary.json").read_text())
+
+def _summary(trial: dict) -> dict:
+    return json.loads(Path("runs", trial["run_name"], "training_summary.json").read_text())
+
+
+def test_trials_record_what_they_ran_and_best_yaml_reruns_the_best_exactly(toy_config: Path) -> None:
+    results = _run(toy_config, _sweep(toy_config.parent), "--trials", "8", "--", "--trainer.max_epochs=2")
+
+    trials = results["trials"]
+    # six distinct configurations: a random search over them runs each once, not 8 trials with repeats
+    assert len(trials) == 6 and len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 6
+    for trial in trials:
+        summary = _summary(trial)
+        assert summary["epochs_trained"] == 2  # the fixed override, and the record says so
+        assert trial["effective"] == {**trial["params"], "trainer.max_epochs": 2}
         assert summary["final_metrics"]["val/loss"] == pytest.approx(trial["value"])
-        assert summary["run_name"] == f"toy_sweep_trial{trial['number']:03d}"
-    best = min(results["trials"], key=lambda t: t["value"])
+    best = min(trials, key=lambda t: t["value"])
     assert results["best"]["number"] == best["number"]
 
-    # best.yaml composes after the base config and reproduces the best trial's parameters
     best_yaml = Path("runs/sweeps/toy_sweep/best.yaml")
-    cli = HarvestCLI(args=["--config", str(toy_config), "--config", str(best_yaml)], run=False)
-    assert cli.model.hparams.lr == pytest.approx(best["params"]["model.init_args.lr"])
-    assert cli.datamodule.batch_size == best["params"]["data.init_args.batch_size"]
+    assert yaml.safe_load(best_yaml.read_text())["trainer"] == {"max_epochs": 2}
+    clear_run_name()
+    rerun = cli_main(["fit", "--config", str(toy_config), "--config", str(best_yaml)])
+    assert float(rerun.trainer.callback_metrics["val/loss"]) == best["value"]  # deterministic: the same number
+    assert rerun.trainer.current_epoch == 2 and rerun.model.hparams.lr == best["params"]["model.init_args.lr"]
 
 
-def test_hyperband_prunes_on_the_monitored_metric(toy_config: Path, tmp_path: Path) -> None:
-    sweep = _sweep(tmp_path, early_terminate={"type": "hyperband", "min_iter": 1, "monitor": "val/loss"})
-    cli_main(
-        [
-            "sweep",
-            "--config",
-            str(toy_config),
-            "--sweep",
-            str(sweep),
-            "--trials",
-            "6",
-            "--study-name",
-            "hb",
-            "--",
-            "--trainer.max_epochs=4",
-        ]
+def test_a_schema_invalid_file_fails_before_any_trial_and_creates_no_run(toy_config: Path) -> None:
+    sweep = _sweep(toy_config.parent, metric={"name": "val/loss", "goal": "maximum"})
+    with pytest.raises(SweepConfigError, match=r"metric\.goal: 'maximum' is not one of"):
+        _run(toy_config, sweep)
+    assert not Path("runs").exists() and not Path("mlflow.db").exists()
+
+
+def test_a_fixed_override_of_a_swept_key_fails_before_any_trial(toy_config: Path) -> None:
+    with pytest.raises(SweepConfigError, match=r"--model\.lr after -- fixes model\.init_args\.lr"):
+        _run(toy_config, _sweep(toy_config.parent), "--", "--model.lr=0.1")
+    assert not Path("runs").exists()
+
+
+def test_mapped_parameter_names_run(toy_config: Path) -> None:
+    """A file written for another program: names mapped in the file (harvest_keys) and with --key."""
+    sweep = _sweep(
+        toy_config.parent,
+        metric={"name": "loss", "goal": "minimize"},
+        parameters={"learning_rate": {"values": [0.25, 0.5]}, "batch": {"values": [16]}},
+        harvest_keys={"learning_rate": "model.lr", "loss": "val/loss"},  # short forms are fine
     )
-    results = json.loads(Path("runs/sweeps/hb/results.json").read_text())
-    states = {t["state"] for t in results["trials"]}
-    assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
+    results = _run(toy_config, sweep, "--trials", "2", "--key", "batch=data.init_args.batch_size")
     for trial in results["trials"]:
-        summary = json.loads(Path("runs", trial["run_name"], "training_summary.json").read_text())
-        if trial["state"] == "PRUNED":
-            assert summary["status"].startswith("failed: TrialPruned") and summary["epochs_trained"] < 4
-        else:
-            assert summary["epochs_trained"] == 4
+        assert trial["state"] == "COMPLETE"
+        ran = yaml.safe_load(Path(trial["run_dir"], "config.yaml").read_text())
+        assert ran["model"]["init_args"]["lr"] == trial["params"]["learning_rate"]
+        assert ran["data"]["init_args"]["batch_size"] == 16
+        assert trial["effective"] == {
+            "model.init_args.lr": trial["params"]["learning_rate"],
+            "data.init_args.batch_size": 16,
+        }
 
 
-def test_wandb_export_keeps_the_keys_and_says_what_to_run_offline(
-    toy_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+def test_hyperband_prunes_a_clearly_bad_trial_and_says_so(
+    toy_config: Path, sweep_log: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    sweep = _sweep(tmp_path, early_terminate={"type": "hyperband", "min_iter": 2, "monitor": "val/loss"})
-    cli_main(["sweep", "--backend", "wandb", "--config", str(toy_config), "--sweep", str(sweep), "--study-name", "wb"])
-    exported = yaml.safe_load(Path("runs/sweeps/wb/wandb_sweep.yaml").read_text())
-    said = capfd.readouterr().err
-    assert "W&B sweeps need the W&B server" in said and "wandb sweep runs/sweeps/wb/wandb_sweep.yaml" in said
-    assert exported["command"] == ["${env}", "harvest", "fit", "--config", str(toy_config), "${args}"]
-    assert exported["early_terminate"] == {"type": "hyperband", "min_iter": 2}
-    assert set(exported["parameters"]) == {"model.init_args.lr", "data.init_args.batch_size"}
-    # what a W&B agent would run parses as a harvest fit command line
-    cli = HarvestCLI(
-        args=["--config", str(toy_config), "--model.init_args.lr=0.05", "--data.init_args.batch_size=8"], run=False
+    sweep = _sweep(toy_config.parent, early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    results = _run(toy_config, sweep, "--trials", "6")
+
+    trials = results["trials"]
+    pruned = [t for t in trials if t["state"] == "PRUNED"]
+    assert pruned, "Hyperband pruned nothing"
+    bad = [t for t in trials if t["params"]["model.init_args.lr"] == 1.0e-5]
+    assert bad and all(t["state"] == "PRUNED" for t in bad)  # no clearly bad trial ran to the end
+    for trial in pruned:
+        epoch = trial["pruned"]["epoch"]
+        assert _summary(trial)["epochs_trained"] < 3 and str(epoch) in trial["reported"]
+        assert f"sweep trial {trial['number']} epoch {epoch}: val/loss=" in sweep_log.text
+        assert f"trial {trial['number']} (of 6): " in sweep_log.text
+    completed = [t for t in trials if t["state"] == "COMPLETE"]
+    assert all(len(t["reported"]) == 3 for t in completed)  # the swept metric, reported every epoch
+    assert "pruned after epoch" in sweep_log.text
+
+
+def test_a_hyperband_that_cannot_prune_says_so(toy_config: Path, sweep_log: pytest.LogCaptureFixture) -> None:
+    sweep = _sweep(toy_config.parent, early_terminate={"type": "hyperband", "min_iter": 3})
+    _run(toy_config, sweep, "--trials", "1", "--", "--trainer.max_epochs=1")
+    assert "Hyperband's first rung is epoch 3 but trials train 1 epoch(s): no trial can be stopped early" in (
+        sweep_log.text
     )
-    assert cli.model.hparams.lr == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        (
-            {"method": "hill", "metric": {"name": "m"}, "parameters": {"a": {"values": [1]}}},
-            "method 'hill' is not one of",
-        ),
-        ({"parameters": {"a": {"values": [1]}}}, "metric.name is missing"),
-        ({"metric": {"name": "m"}, "parameters": {"a": {"min": 1}}}, "parameter 'a' needs"),
-        ({"method": "grid", "metric": {"name": "m"}, "parameters": {"a": {"min": 1, "max": 2}}}, "grid search needs"),
-    ],
-)
-def test_bad_sweep_files_name_the_file_and_the_fix(tmp_path: Path, spec: dict, message: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(SweepConfigError, match=message) as error:
-        load_sweep(path)
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
-
-
-def test_a_metric_that_is_never_logged_fails_with_the_logged_names(toy_config: Path, tmp_path: Path) -> None:
-    sweep = _sweep(tmp_path, metric={"name": "val/acuracy", "goal": "maximize"})
-    with pytest.raises(SweepConfigError, match=r"'val/acuracy' was not logged .* val/loss"):
-        cli_main(["sweep", "--config", str(toy_config), "--sweep", str(sweep), "--trials", "1"])
+def test_a_test_metric_warns_in_one_line(toy_config: Path, sweep_log: pytest.LogCaptureFixture) -> None:
+    sweep = _sweep(toy_config.parent, metric={"name": "toy/test_accuracy", "goal": "maximize"})
+    with pytest.raises(SweepConfigError, match=r"'toy/test_accuracy' was not logged .* val/loss"):
+        _run(toy_config, sweep, "--trials", "1", "--", "--trainer.max_epochs=1")
+    (line,) = [r.getMessage() for r in sweep_log.records if "a test metric" in r.getMessage()]
+    assert "selects on toy/test_accuracy" in line and "\n" not in line
