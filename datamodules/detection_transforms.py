@@ -8,6 +8,9 @@ instances whose box shrank below one pixel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torchvision.transforms import v2
 
@@ -28,6 +31,26 @@ def scale_jitter_sizes(min_size: int, scale_range: tuple[float, float], steps: i
         for k in range(steps)
     }
     return sorted(sizes)
+
+
+def fitted_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """``(width, height)`` with the shorter side ``min_size``, unless the longer would exceed ``max_size``.
+
+    The size ``v2.RandomShortestSize`` and torchvision's detectors resize to (never upscaled here: an
+    image smaller than that is loaded at its own size and resized by the transforms).
+    """
+    ratio = min(min_size / min(width, height), max_size / max(width, height))
+    if ratio >= 1:
+        return width, height
+    return max(1, int(width * ratio)), max(1, int(height * ratio))
+
+
+def load_size(
+    min_size: int, max_size: int, scale_range: tuple[float, float] = (1.0, 1.0)
+) -> Callable[[int, int], tuple[int, int]]:
+    """The size to load an image at: the largest that :func:`train_transforms` (or eval) can resize it to."""
+    largest = max(scale_jitter_sizes(min_size, scale_range)) if scale_range != (1.0, 1.0) else min_size
+    return partial(fitted_size, min_size=largest, max_size=max_size)
 
 
 def eval_transforms(min_size: int, max_size: int) -> v2.Compose:
