@@ -7,7 +7,9 @@ one-line messages naming the file, the problem and the fix; loaders decide wheth
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,18 +137,21 @@ LoadSize = Callable[[int, int], tuple[int, int]]
 class InstanceDataset(Dataset):
     """Images and torchvision detection targets (``boxes``, ``labels``, ``masks``) for a list of samples.
 
-    An image is decoded (JPEGs at a reduced scale when that still covers the load size) and resized once
-    to its load size; its masks are rasterised at that size from the polygons (scaled), never at the
-    photo's full size, and kept, with their boxes, as compact RLEs between epochs. The transforms then
-    move image, boxes and masks together.
+    An image is decoded (a JPEG at a reduced scale when that still covers its load size) and resized once
+    to its load size, the largest the transforms can need; its masks are rasterised at that size from the
+    polygons (scaled), never at the photo's full size. What does not change between epochs is kept: the
+    masks and boxes as compact RLEs in memory, the loaded image in ``cache_dir`` (shared by the loader's
+    worker processes). The transforms then move image, boxes and masks together.
 
     Args:
         samples: The annotated images.
         transforms: A ``torchvision.transforms.v2`` transform taking ``(image, target)``.
-        load_size: ``(width, height) -> (width, height)``: the size an image is loaded at, the largest the
-            transforms can need; ``None``: the file's own size.
+        load_size: ``(width, height) -> (width, height)``: the size an image is loaded at; ``None``: the
+            file's own size.
         on_bad_data: ``"skip"``: an image that stops decoding during the run (it passed the check at
             start) is named once in the log and replaced by the next one; ``"error"``: raise naming it.
+        cache_dir: Folder for loaded images (``uint8[3, H, W]`` ``.npy`` files keyed by the file's path,
+            size, modification time and the load size); ``None``: decode every time.
 
     """
 
@@ -156,11 +161,13 @@ class InstanceDataset(Dataset):
         transforms: Callable[..., Any] | None = None,
         load_size: LoadSize | None = None,
         on_bad_data: str = "error",
+        cache_dir: Path | None = None,
     ) -> None:
         self.samples = samples
         self.transforms = transforms
         self.load_size = load_size
         self.on_bad_data = on_bad_data
+        self.cache_dir = cache_dir
         self.skipped: set[Path] = set()
         self._targets: dict[int, tuple[list[dict[str, Any]], torch.Tensor]] = {}
 
@@ -170,10 +177,23 @@ class InstanceDataset(Dataset):
     def _size(self, sample: Sample) -> tuple[int, int]:
         return self.load_size(sample.width, sample.height) if self.load_size else (sample.width, sample.height)
 
+    def _cached(self, sample: Sample, width: int, height: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        stat = sample.image.stat()
+        key = f"{sample.image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{width}x{height}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
     def load_image(self, index: int) -> torch.Tensor:
-        """Decode image ``index`` as ``uint8[3, H, W]`` at its load size; raise naming a bad file."""
+        """Image ``index`` as ``uint8[3, H, W]`` at its load size; raise naming a bad file."""
         sample = self.samples[index]
         width, height = self._size(sample)
+        cached = self._cached(sample, width, height)
+        if cached is not None and cached.is_file():
+            try:
+                return torch.from_numpy(np.load(cached))
+            except (OSError, ValueError):  # a cache file cut short (disk full, killed writer): decode again
+                pass
         decoded = read_rgb(sample.image, min_side=min(width, height))
         if decoded.size != (sample.width, sample.height):
             raise AnnotationError(
@@ -183,18 +203,25 @@ class InstanceDataset(Dataset):
         image = decoded.image
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+        pixels = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+        if cached is not None:
+            _save_atomic(cached, pixels)
+        return torch.from_numpy(pixels)
 
     def load_target(self, index: int) -> tuple[list[dict[str, Any]], torch.Tensor]:
-        """Instance RLEs and ``float32[N, 4]`` xyxy boxes at the load size (computed once, then kept)."""
+        """Instance RLEs (of the transposed masks) and ``float32[N, 4]`` xyxy boxes at the load size.
+
+        Computed once, then kept. The RLEs describe each mask transposed, because pycocotools decodes
+        column-major: so decoded, the masks come out as ``[N, H, W]`` in row-major order without a copy.
+        """
         if index not in self._targets:
             sample = self.samples[index]
             width, height = self._size(sample)
-            rles = _rles_at(sample, width, height)
+            rles = _transposed_rles(sample, width, height)
             boxes = torch.zeros((len(rles), 4), dtype=torch.float32)
             if rles:
-                xywh = torch.from_numpy(mask_utils.toBbox(rles)).float()
-                boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+                y, x, h, w = torch.from_numpy(mask_utils.toBbox(rles)).float().unbind(1)
+                boxes = torch.stack([x, y, x + w, y + h], dim=1)
             self._targets[index] = (rles, boxes)
         return self._targets[index]
 
@@ -216,7 +243,7 @@ class InstanceDataset(Dataset):
         height, width = image.shape[-2:]
         rles, boxes = self.load_target(index)
         masks = (
-            torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)))
+            torch.from_numpy(mask_utils.decode(rles).transpose(2, 1, 0))  # row-major already: no copy
             if rles
             else torch.zeros((0, height, width), dtype=torch.uint8)
         )
@@ -230,8 +257,28 @@ class InstanceDataset(Dataset):
         return image.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
 
 
-def _rles_at(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
-    """One RLE per instance at ``width`` x ``height``: polygons scaled then rasterised, RLEs resized."""
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` beside ``path`` and rename it into place (workers may race: both win)."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as err:  # a full or read-only cache folder costs speed, never the run
+        log.debug("Image cache: could not write %s (%s)", path, err)
+        tmp.unlink(missing_ok=True)
+
+
+def _transposed_rles(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
+    """One RLE per instance of its mask at ``width`` x ``height`` (as :func:`rles_at`), transposed."""
+    return [mask_utils.encode(np.asfortranarray(mask_utils.decode(rle).T)) for rle in rles_at(sample, width, height)]
+
+
+def rles_at(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
+    """One COCO RLE per instance at ``width`` x ``height``: pycocotools' rasterisation at that size.
+
+    Polygons are scaled, then rasterised; an RLE is decoded at full size and resized (nearest). At the
+    file's own size these are :meth:`Sample.rles`.
+    """
     if (width, height) == (sample.width, sample.height):
         return sample.rles()
     sx, sy = width / sample.width, height / sample.height
@@ -239,15 +286,13 @@ def _rles_at(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
     for inst in sample.instances:
         seg = inst.segmentation
         if isinstance(seg, list):
-            scaled = [[v * (sx if i % 2 == 0 else sy) for i, v in enumerate(poly)] for poly in seg]
+            scaled = [[v * sy if i % 2 else v * sx for i, v in enumerate(poly)] for poly in seg]
             out.append(mask_utils.merge(mask_utils.frPyObjects(scaled, height, width)))
-        else:  # RLE: rasterise at full size once, resize (nearest) to the load size
-            rle = seg if not isinstance(seg.get("counts"), list) else mask_utils.frPyObjects(
-                seg, sample.height, sample.width
-            )
-            full = torch.from_numpy(mask_utils.decode(rle)).float()[None, None]
-            small = torch.nn.functional.interpolate(full, size=(height, width), mode="nearest-exact")
-            out.append(mask_utils.encode(np.asfortranarray(small[0, 0].to(torch.uint8).numpy())))
+            continue
+        rle = mask_utils.frPyObjects(seg, sample.height, sample.width) if isinstance(seg.get("counts"), list) else seg
+        full = torch.from_numpy(mask_utils.decode(rle))[None, None].float()
+        small = torch.nn.functional.interpolate(full, size=(height, width), mode="nearest-exact")
+        out.append(mask_utils.encode(np.asfortranarray(small[0, 0].to(torch.uint8).numpy())))
     return out
 
 

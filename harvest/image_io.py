@@ -173,8 +173,9 @@ def check_images(paths: Iterable[Path], workers: int | None = None) -> dict[Path
     """
     paths = list(paths)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = cpus if len(paths) >= PARALLEL_MIN_FILES else 1
+    if workers <= 1:
         return dict(zip(paths, _probe_many([str(p) for p in paths]), strict=True))
     chunks = [[str(p) for p in paths[i::workers]] for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
