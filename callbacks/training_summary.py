@@ -58,8 +58,9 @@ class TrainingSummary(Callback):
     ``run_name``, ``status``, ``epochs_trained``, ``best_epoch``, ``monitor``, ``mode``,
     ``best_score``, ``best_checkpoint``, ``last_checkpoint``, ``history`` (one dict of epoch
     metrics per epoch), ``final_metrics`` (every metric logged, with its last value), ``results``
-    (the LightningModule's ``run_results`` dict when it has one, e.g. the best SSL algorithm's name)
-    and ``timing``.
+    (the LightningModule's ``run_results`` dict when it has one, e.g. the best SSL algorithm's name),
+    ``skipped_files`` (how many files the data module left out under ``on_bad_data: skip``; the
+    dataset card names them) and ``timing``.
 
     Args:
         filename: Name of the file inside the run directory.
@@ -170,6 +171,7 @@ class TrainingSummary(Callback):
             "history": self.history,
             "final_metrics": dict(sorted(self.final_metrics.items())),
             "results": getattr(trainer.lightning_module, "run_results", None),
+            "skipped_files": len(getattr(trainer.datamodule, "skipped_files", None) or []),
             "timing": self.timing,
         }
 

@@ -15,9 +15,7 @@ from torchvision.transforms import v2
 
 from callbacks.training_summary import write_json_atomic
 from datamodules.image_folder import (
-    BadImageError,
     ImageDataset,
-    bad_image_message,
     build_transform,
     class_folders,
     list_images,
@@ -27,6 +25,7 @@ from datamodules.image_folder import (
 )
 from datamodules.labeled_split import make_split
 from datamodules.synthetic import SyntheticGroceries
+from harvest.image_io import BadImageError, bad_image_message
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,9 @@ class GroceriesDataModule(pl.LightningDataModule):
         crop_scale: Area range of the training random resized crop.
         synthetic: Demo only: when ``root`` does not exist, write a synthetic grocery set of this shape
             there (and say so); never used when the folder exists.
-        on_bad_data: ``error``: an image that cannot be decoded stops the run naming the file; ``skip``:
-            such images are left out with a warning counting them.
+        on_bad_data: ``error``: an image that cannot be decoded stops the run before training, naming the
+            file (every image is decoded up front); ``skip``: such images are left out, each named once in
+            the log, their count in the dataset card and the training summary (:attr:`skipped_files`).
         predict_root: Folder of images (searched recursively) for ``predict``; default: the test split.
         class_names: Class names in label order. Read from the ``train/`` folders when the data set is
             there (and must then agree); given with ``predict_root``, prediction needs no data set at
@@ -120,6 +120,11 @@ class GroceriesDataModule(pl.LightningDataModule):
         self.labeled_mask = np.zeros(0, dtype=bool)
         self.split: dict[str, Any] | None = None
         self._train_all: list[Sample] = []
+        #: One line per image left out under ``on_bad_data: skip`` (file, problem).
+        self.skipped_files: list[str] = []
+        #: ``{image: conversions}`` of images that were not plain 8-bit RGB, after a decode check.
+        self.conversions: dict[str, tuple[str, ...]] = {}
+        self._bad: set[Path] = set()
 
     def _missing(self) -> FileNotFoundError:
         return FileNotFoundError(
@@ -135,7 +140,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         """Every problem of the data set as one-line messages (file, problem, fix); never raises."""
         files = self._files()
         problems = structure_problems(self.root, self.class_names, files)
-        return problems + [bad_image_message(path, why) for path, why in unreadable_images(files)]
+        return problems + [bad_image_message(path, why) for path, why in unreadable_images(files, self.conversions)]
 
     def dataset_files(self) -> list[Path]:
         """Every image file of every split, sorted (what a content hash of the data set covers)."""
@@ -152,12 +157,9 @@ class GroceriesDataModule(pl.LightningDataModule):
             more = len(problems) - 1
             more = f" ({more} more problem{'s' * (more > 1)}: run `harvest data check`)" if more else ""
             raise ValueError(problems[0] + more)
-        bad = unreadable_images(files)
-        if bad and self.on_bad_data == "error":
-            raise BadImageError(f"{bad_image_message(*bad[0])} ({len(bad)} unreadable images found)")
-        if bad:
-            log.warning("Skipping %d unreadable images (data.on_bad_data: skip), e.g. %s.", len(bad), bad[0][0])
-        skip = {p for p, _ in bad}
+        bad = unreadable_images(files, self.conversions)
+        self._skip(bad)
+        skip = self._bad
         self.samples = {
             split: [
                 (p, i) for i, name in enumerate(self.class_names) for p in files[split][name] if p not in skip
@@ -173,6 +175,18 @@ class GroceriesDataModule(pl.LightningDataModule):
                 )
         self._train_all = self.samples["train"]
         self._apply_split(self.split or self._new_split())
+
+    def _skip(self, bad: list[tuple[Path, str]]) -> None:
+        """Raise on the first unreadable image (``on_bad_data: error``), or name each in the log and keep count."""
+        if bad and self.on_bad_data == "error":
+            raise BadImageError(f"{bad_image_message(*bad[0])} ({len(bad)} unreadable images found)")
+        new = [(p, why) for p, why in bad if p not in self._bad]
+        for path, why in new:
+            log.warning("Skipping %s (data.on_bad_data: skip): cannot read image (%s)", path, why)
+        if new:
+            log.warning("Skipping %d unreadable images (data.on_bad_data: skip).", len(new))
+        self._bad |= {p for p, _ in new}
+        self.skipped_files += [f"{p}: cannot read image ({why})" for p, why in new]
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -239,7 +253,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         transform = build_transform(self.image_size, train, self.augmentations, self.crop_scale)
         per_rank = math.ceil(len(samples) / (self.trainer.world_size if self.trainer else 1))
         return DataLoader(
-            ImageDataset(samples, transform, min_size=self.image_size),
+            ImageDataset(samples, transform, min_size=self.image_size, on_bad_data=self.on_bad_data),
             batch_size=self.batch_size,
             shuffle=train,
             # drop a last batch of one image (BatchNorm cannot train on it), and only that
@@ -278,7 +292,8 @@ class GroceriesDataModule(pl.LightningDataModule):
             raise FileNotFoundError(
                 f"data.init_args.predict_root={self.predict_root}: no .jpg/.jpeg/.png images found there."
             )
-        return self._loader([(p, -1) for p in images])
+        self._skip(unreadable_images({"predict": {"": images}}, self.conversions))
+        return self._loader([(p, -1) for p in images if p not in self._bad])
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
@@ -307,6 +322,7 @@ class GroceriesDataModule(pl.LightningDataModule):
                 "labeled_ratio": self.labeled_ratio,
                 "seed": self.seed,
             },
+            "skipped_files": {"count": len(self.skipped_files), "files": list(self.skipped_files)},
         }
 
     def sample_images(self, per_class: int = 4) -> dict[str, list[Path]]:
@@ -314,7 +330,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         train = self._files().get("train", {})
         picks = {}
         for name in self.class_names:
-            images = train.get(name, [])
+            images = [p for p in train.get(name, []) if p not in self._bad]
             index = np.unique(
                 np.linspace(0, len(images) - 1, num=min(per_class, len(images))).round().astype(int)
             )

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from harvest.errors import first_line
+from harvest.image_io import BadImageError, check_images, read_rgb
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be decoded."""
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -77,49 +75,18 @@ def structure_problems(
     return problems
 
 
-def _decode(path: Path, min_size: int | None = None) -> Image.Image:
-    with Image.open(path) as image:
-        if min_size and image.format == "JPEG":
-            image.draft("RGB", (min_size, min_size))  # decode big JPEGs at a reduced scale: much faster
-        return image.convert("RGB")
+def unreadable_images(
+    files: dict[str, dict[str, list[Path]]], conversions: dict[str, tuple[str, ...]] | None = None
+) -> list[tuple[Path, str]]:
+    """Every image of ``files`` (split -> class -> paths) that does not decode, with the reason.
 
-
-def probe_image(path: Path) -> str | None:
-    """Why ``path`` cannot be used as an image, or ``None`` when it decodes."""
-    try:
-        _decode(path, min_size=16)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return first_line(error)
-    return None
-
-
-def unreadable_images(files: dict[str, dict[str, list[Path]]]) -> list[tuple[Path, str]]:
-    """Every image of ``files`` (split -> class -> paths) that does not decode, with the reason."""
-    return [
-        (p, why)
-        for classes in files.values()
-        for images in classes.values()
-        for p in images
-        if (why := probe_image(p))
-    ]
-
-
-def bad_image_message(path: Path, why: str) -> str:
-    """One line naming an unreadable image, the reason and the fix."""
-    return (
-        f"{path}: cannot read image ({why}); replace or delete the file, "
-        "or set data.init_args.on_bad_data: skip to leave such files out."
-    )
-
-
-def read_image(path: Path, min_size: int | None = None) -> Image.Image:
-    """Decode ``path`` as RGB; a file that cannot be decoded raises a one-line :class:`BadImageError`."""
-    try:
-        return _decode(path, min_size)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise BadImageError(
-            bad_image_message(path, first_line(error))
-        ) from error
+    Every file is decoded (in parallel processes when there are many); what had to be converted to
+    make an image RGB is added to ``conversions`` (``{path: conversions}``) when given.
+    """
+    report = check_images(p for classes in files.values() for images in classes.values() for p in images)
+    if conversions is not None:
+        conversions.update({str(p): done for p, (_, done) in report.items() if done})
+    return [(p, why) for p, (why, _) in report.items() if why]
 
 
 class ImageDataset(Dataset):
@@ -127,24 +94,41 @@ class ImageDataset(Dataset):
 
     Args:
         samples: ``(path, class index)`` pairs; the index is ``-1`` when unknown.
-        transform: Applied to the decoded PIL image.
+        transform: Applied to the decoded PIL image (upright RGB, see :func:`read_rgb`).
         min_size: Smallest side worth decoding (JPEGs are decoded at a reduced scale down to it).
+        on_bad_data: ``"skip"``: an image that stops decoding during the run (it passed the check at the
+            start) is named once in the log and replaced by the next one; ``"error"``: raise naming it.
 
     """
 
     def __init__(
-        self, samples: list[tuple[Path, int]], transform: v2.Transform, min_size: int | None = None
+        self,
+        samples: list[tuple[Path, int]],
+        transform: v2.Transform,
+        min_size: int | None = None,
+        on_bad_data: str = "error",
     ) -> None:
         self.samples = samples
         self.transform = transform
         self.min_size = min_size
+        self.on_bad_data = on_bad_data
+        self.skipped: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        path, label = self.samples[index]
-        return self.transform(read_image(path, self.min_size)), label, str(path)
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self.transform(read_rgb(path, self.min_size).image), label, str(path)
+            except BadImageError as error:
+                if self.on_bad_data != "skip":
+                    raise
+                if path not in self.skipped:
+                    self.skipped.add(path)
+                    log.warning("Skipping %s (data.on_bad_data: skip): %s", path, error.reason)
+        raise BadImageError(f"none of the {len(self.samples)} images of this loader decodes any more.")
 
 
 def build_transform(

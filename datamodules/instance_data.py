@@ -7,6 +7,9 @@ one-line messages naming the file, the problem and the fix; loaders decide wheth
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
 from datamodules.via import AnnotationError
+from harvest.image_io import BadImageError, read_rgb, upright_size
+
+log = logging.getLogger(__name__)
 
 #: Polygon points may lie this many pixels outside the image (tools snap to the border); they are clipped.
 BORDER_TOLERANCE = 2.0
@@ -73,27 +78,16 @@ class Sample:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` read from the image header; raises :class:`AnnotationError` naming the file."""
+    """Upright ``(width, height)`` (EXIF orientation applied) from the header; :class:`AnnotationError` if bad."""
+    if not path.is_file():
+        raise AnnotationError(f"{path}: image file is missing: restore it or remove its annotations.")
     try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
+        return upright_size(path)
+    except BadImageError as err:
+        why = str(err).removeprefix(f"{path}: cannot read image (").split("); replace")[0]
         raise AnnotationError(
-            f"{path}: image file is missing: restore it or remove its annotations."
+            f"{path}: cannot be read as an image ({why}): replace or remove the file."
         ) from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise AnnotationError(
-            f"{path}: cannot be read as an image ({err}): replace or remove the file."
-        ) from None
-
-
-def check_decodes(path: Path) -> None:
-    """Decode the whole image (a truncated file passes a header read); raise :class:`AnnotationError`."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise AnnotationError(f"{path}: cannot be decoded ({err}): replace or remove the file.") from None
 
 
 def checked_polygon(polygon: list[float], width: int, height: int, where: str) -> list[float]:
@@ -137,52 +131,169 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
+LoadSize = Callable[[int, int], tuple[int, int]]
+
+
 class InstanceDataset(Dataset):
     """Images and torchvision detection targets (``boxes``, ``labels``, ``masks``) for a list of samples.
+
+    An image is decoded (a JPEG at a reduced scale when that still covers its load size) and resized once
+    to its load size, the largest the transforms can need; its masks are rasterised at that size from the
+    polygons (scaled), never at the photo's full size. What does not change between epochs is kept: the
+    masks and boxes as compact RLEs in memory, the loaded image in ``cache_dir`` (shared by the loader's
+    worker processes). The transforms then move image, boxes and masks together.
 
     Args:
         samples: The annotated images.
         transforms: A ``torchvision.transforms.v2`` transform taking ``(image, target)``.
+        load_size: ``(width, height) -> (width, height)``: the size an image is loaded at; ``None``: the
+            file's own size.
+        on_bad_data: ``"skip"``: an image that stops decoding during the run (it passed the check at
+            start) is named once in the log and replaced by the next one; ``"error"``: raise naming it.
+        cache_dir: Folder for loaded images (``uint8[3, H, W]`` ``.npy`` files keyed by the file's path,
+            size, modification time and the load size); ``None``: decode every time.
 
     """
 
-    def __init__(self, samples: list[Sample], transforms: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        transforms: Callable[..., Any] | None = None,
+        load_size: LoadSize | None = None,
+        on_bad_data: str = "error",
+        cache_dir: Path | None = None,
+    ) -> None:
         self.samples = samples
         self.transforms = transforms
+        self.load_size = load_size
+        self.on_bad_data = on_bad_data
+        self.cache_dir = cache_dir
+        self.skipped: set[Path] = set()
+        self._targets: dict[int, tuple[list[dict[str, Any]], torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _size(self, sample: Sample) -> tuple[int, int]:
+        return self.load_size(sample.width, sample.height) if self.load_size else (sample.width, sample.height)
+
+    def _cached(self, sample: Sample, width: int, height: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        stat = sample.image.stat()
+        key = f"{sample.image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{width}x{height}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
     def load_image(self, index: int) -> torch.Tensor:
-        """Decode image ``index`` as ``uint8[3, H, W]``; raise :class:`AnnotationError` naming a bad file."""
+        """Image ``index`` as ``uint8[3, H, W]`` at its load size; raise naming a bad file."""
         sample = self.samples[index]
-        try:
-            image = decode_image(str(sample.image), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as err:
+        width, height = self._size(sample)
+        cached = self._cached(sample, width, height)
+        if cached is not None and cached.is_file():
+            try:
+                return torch.from_numpy(np.load(cached))
+            except (OSError, ValueError):  # a cache file cut short (disk full, killed writer): decode again
+                pass
+        decoded = read_rgb(sample.image, min_side=min(width, height))
+        if decoded.size != (sample.width, sample.height):
             raise AnnotationError(
-                f"{sample.image}: cannot be decoded ({err}): replace or remove the file."
-            ) from None
-        if tuple(image.shape[-2:]) != (sample.height, sample.width):
-            raise AnnotationError(
-                f"{sample.image}: decoded as {image.shape[-1]}x{image.shape[-2]} but annotated as "
+                f"{sample.image}: decoded as {decoded.size[0]}x{decoded.size[1]} but annotated as "
                 f"{sample.width}x{sample.height}: the file changed after annotation; fix its annotations."
             )
-        return image
+        image = decoded.image
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+        if cached is not None:
+            _save_atomic(cached, pixels)
+        return torch.from_numpy(pixels)
+
+    def load_target(self, index: int) -> tuple[list[dict[str, Any]], torch.Tensor]:
+        """Instance RLEs (of the transposed masks) and ``float32[N, 4]`` xyxy boxes at the load size.
+
+        Computed once, then kept. The RLEs describe each mask transposed, because pycocotools decodes
+        column-major: so decoded, the masks come out as ``[N, H, W]`` in row-major order without a copy.
+        """
+        if index not in self._targets:
+            sample = self.samples[index]
+            width, height = self._size(sample)
+            rles = _transposed_rles(sample, width, height)
+            boxes = torch.zeros((len(rles), 4), dtype=torch.float32)
+            if rles:
+                y, x, h, w = torch.from_numpy(mask_utils.toBbox(rles)).float().unbind(1)
+                boxes = torch.stack([x, y, x + w, y + h], dim=1)
+            self._targets[index] = (rles, boxes)
+        return self._targets[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sample = self.samples[index]
+        for attempt in range(len(self.samples)):
+            current = (index + attempt) % len(self.samples)
+            try:
+                return self._item(current)
+            except (BadImageError, AnnotationError) as err:
+                if self.on_bad_data != "skip":
+                    raise
+                if self.samples[current].image not in self.skipped:
+                    self.skipped.add(self.samples[current].image)
+                    log.warning("Skipping %s (data.on_bad_data: skip): %s", self.samples[current].image, err)
+        raise BadImageError(f"none of the {len(self.samples)} images of this split decodes any more.")
+
+    def _item(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = tv_tensors.Image(self.load_image(index))
-        masks = torch.from_numpy(sample.masks())
+        height, width = image.shape[-2:]
+        rles, boxes = self.load_target(index)
+        masks = (
+            torch.from_numpy(mask_utils.decode(rles).transpose(2, 1, 0))  # row-major already: no copy
+            if rles
+            else torch.zeros((0, height, width), dtype=torch.uint8)
+        )
         target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                boxes_from_masks(masks), format="XYXY", canvas_size=(sample.height, sample.width)
-            ),
-            "labels": torch.tensor([inst.label for inst in sample.instances], dtype=torch.int64),
+            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([inst.label for inst in self.samples[index].instances], dtype=torch.int64),
             "masks": tv_tensors.Mask(masks),
         }
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` beside ``path`` and rename it into place (workers may race: both win)."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as err:  # a full or read-only cache folder costs speed, never the run
+        log.debug("Image cache: could not write %s (%s)", path, err)
+        tmp.unlink(missing_ok=True)
+
+
+def _transposed_rles(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
+    """One RLE per instance of its mask at ``width`` x ``height`` (as :func:`rles_at`), transposed."""
+    return [mask_utils.encode(np.asfortranarray(mask_utils.decode(rle).T)) for rle in rles_at(sample, width, height)]
+
+
+def rles_at(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
+    """One COCO RLE per instance at ``width`` x ``height``: pycocotools' rasterisation at that size.
+
+    Polygons are scaled, then rasterised; an RLE is decoded at full size and resized (nearest). At the
+    file's own size these are :meth:`Sample.rles`.
+    """
+    if (width, height) == (sample.width, sample.height):
+        return sample.rles()
+    sx, sy = width / sample.width, height / sample.height
+    out = []
+    for inst in sample.instances:
+        seg = inst.segmentation
+        if isinstance(seg, list):
+            scaled = [[v * sy if i % 2 else v * sx for i, v in enumerate(poly)] for poly in seg]
+            out.append(mask_utils.merge(mask_utils.frPyObjects(scaled, height, width)))
+            continue
+        rle = mask_utils.frPyObjects(seg, sample.height, sample.width) if isinstance(seg.get("counts"), list) else seg
+        full = torch.from_numpy(mask_utils.decode(rle))[None, None].float()
+        small = torch.nn.functional.interpolate(full, size=(height, width), mode="nearest-exact")
+        out.append(mask_utils.encode(np.asfortranarray(small[0, 0].to(torch.uint8).numpy())))
+    return out
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:

@@ -9,6 +9,7 @@ hash in two runs means the same data wherever it lies on disk.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from harvest.image_io import BadImageError, read_rgb
+
+log = logging.getLogger(__name__)
 
 #: Files are read in chunks of this many bytes while hashing.
 CHUNK = 1 << 20
@@ -96,7 +101,11 @@ def short_hash(card: dict[str, Any]) -> str:
 
 
 def sample_grid(samples: dict[str, list[Path]], path: Path, thumb: int = 96) -> Path:
-    """A PNG grid with one row of sample thumbnails per class, the class name on the left."""
+    """A PNG grid with one row of sample thumbnails per class, the class name on the left.
+
+    Images are decoded as training sees them (:func:`harvest.image_io.read_rgb`); one that no longer
+    decodes is left blank and named in the log (the grid never stops a run).
+    """
     rows = [(name, images) for name, images in samples.items()]
     columns = max((len(images) for _, images in rows), default=1) or 1
     label_width = 110
@@ -106,10 +115,13 @@ def sample_grid(samples: dict[str, list[Path]], path: Path, thumb: int = 96) -> 
         top = row * (thumb + 4)
         draw.text((4, top + thumb // 2 - 6), name[:16], fill="black")
         for column, image_path in enumerate(images):
-            with Image.open(image_path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((thumb, thumb))
-                grid.paste(image, (label_width + column * (thumb + 4), top))
+            try:
+                image = read_rgb(image_path, min_side=thumb).image
+            except BadImageError as error:
+                log.warning("Sample grid: %s left blank: %s", image_path, error.reason)
+                continue
+            image.thumbnail((thumb, thumb))
+            grid.paste(image, (label_width + column * (thumb + 4), top))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
@@ -145,6 +157,31 @@ def duplicates(digests: dict[str, str]) -> list[Finding]:
     return findings
 
 
+def conversion_warnings(conversions: dict[str, tuple[str, ...]], examples: int = 3) -> list[Finding]:
+    """One warning per kind of conversion an image needed to become RGB, naming a few of the files.
+
+    Args:
+        conversions: ``{image path: conversions}`` as the data modules record them during a check.
+        examples: Files named per warning.
+
+    """
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for path, done in sorted(conversions.items()):
+        for kind in done:
+            by_kind["EXIF orientation applied" if kind.startswith("EXIF") else kind].append(path)
+    findings = []
+    for kind, paths in sorted(by_kind.items()):
+        more = f" and {len(paths) - examples} more" if len(paths) > examples else ""
+        findings.append(
+            Finding(
+                "warning",
+                f"{', '.join(paths[:examples])}{more}: converted on reading ({kind}; {len(paths)} image(s)); "
+                "training sees the converted, upright RGB image; save them as plain 8-bit RGB to silence this.",
+            )
+        )
+    return findings
+
+
 def check_dataset(datamodule: Any, max_imbalance: float = 10.0) -> list[Finding]:
     """Quality check of a data set.
 
@@ -152,6 +189,7 @@ def check_dataset(datamodule: Any, max_imbalance: float = 10.0) -> list[Finding]
     duplicate files by content hash, empty classes and class imbalance above ``max_imbalance``.
     """
     findings = [Finding("error", problem) for problem in datamodule.check()]
+    findings += conversion_warnings(getattr(datamodule, "conversions", {}))
     root = Path(getattr(datamodule, "root", "."))
     findings += duplicates(file_digests(list(datamodule.dataset_files()), root))
     if any(f.severity == "error" for f in findings):
