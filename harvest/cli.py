@@ -29,6 +29,7 @@ TOOLS: dict[str, str] = {
     "data": "harvest.data_cli:main",
     "sweep": "harvest.sweeps:main",
     "monitor": "harvest.monitoring:main",
+    "runs": "harvest.runs_clean:main",
 }
 
 #: Modules imported so that short class names (``--model SemiSupervisedClassifier``) resolve.
