@@ -52,6 +52,13 @@ def recipe(configs: list[Path]) -> dict[str, Any]:
     return merged
 
 
+def detector_args(settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``build_mask_rcnn`` for the recipe's model (detector options included)."""
+    model = settings["model"]
+    args = {k: model.get(k) for k in ("arch", "anchor_sizes", "trainable_backbone_layers")}
+    return {**args, "fpn_channels": model.get("fpn_channels", 256), **(model.get("detector_options") or {})}
+
+
 def batches(settings: dict[str, Any], count: int, folder: Path) -> list[tuple[list, list]]:
     data = settings["data"]
     height = data["min_size"]
@@ -144,15 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         settings["model"].update({k: v for k, v in SMALL.items() if k not in ("min_size", "max_size")})
         settings["data"].update(min_size=SMALL["min_size"], max_size=SMALL["max_size"])
     device = torch.device(args.device)
-    model_args = {k: settings["model"].get(k) for k in ("arch", "anchor_sizes", "trainable_backbone_layers")}
-    model_args["fpn_channels"] = settings["model"].get("fpn_channels", 256)
+    model_args = detector_args(settings)
     with tempfile.TemporaryDirectory() as folder:
         loader = batches(settings, args.steps + args.warmup, Path(folder) / "Fuji-SfM")
     models = {}
     for precision in ("32-true", "bf16-mixed"):
         torch.manual_seed(0)
-        options = settings["model"].get("detector_options") or {}
-        models[precision] = build_mask_rcnn(num_classes=2, **model_args, **options).to(device)
+        models[precision] = build_mask_rcnn(num_classes=2, **model_args).to(device)
     measured = side_by_side(models, loader, device, settings["optimizer"].get("lr", 0.005), args.warmup)
     rows = [(precision, *measured[precision]) for precision in models]
     name = (

@@ -2,7 +2,7 @@
 
 ``harvest fit|validate|test|predict --config …`` are Lightning's, with model and data in subclass
 mode, ``data.num_classes`` / ``data.class_names`` linked into the model, the run laid out in one
-directory and GPU precisions falling back to ``32-true`` on machines without a CUDA GPU.
+directory and autocast precisions falling back to ``32-true`` where the machine cannot run them fast.
 ``harvest registry|data|sweep|monitor …`` are Harvest's tools (see ``harvest <tool> --help``).
 """
 
@@ -29,6 +29,7 @@ TOOLS: dict[str, str] = {
     "data": "harvest.data_cli:main",
     "sweep": "harvest.sweeps:main",
     "monitor": "harvest.monitoring:main",
+    "runs": "harvest.runs_clean:main",
 }
 
 #: Modules imported so that short class names (``--model SemiSupervisedClassifier``) resolve.

@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from jsonargparse.typing import import_object  # type: ignore[attr-defined]
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from harvest.precision import resolve
 from harvest.tracking import wandb_offline_by_default
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 RUN_NAME_ENV = "HARVEST_RUN_NAME"
 _RUN_NAME_PID_ENV = "HARVEST_RUN_NAME_PID"
 DEFAULT_RUNS_DIR = "runs"
-#: Autocast precisions meant for CUDA; "-true" precisions are the user's explicit choice and stay as they are.
-_GPU_ONLY_PRECISIONS = {"bf16-mixed", "16-mixed", "bf16", "16", 16}
 
 
 def pipeline_name(data_cfg: Any) -> str:
@@ -132,17 +130,12 @@ def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Pa
 
 
 def resolve_precision(trainer_cfg: Namespace) -> None:
-    """Run a GPU precision (``bf16-mixed``…) as ``32-true`` when there is no CUDA GPU, saying so once.
+    """Run an autocast precision this machine cannot run fast as ``32-true``, saying so once.
 
-    The same config then runs on a laptop CPU and on a GPU node.
+    The same config then runs on a laptop CPU and on a GPU node; ``harvest.precision`` decides.
     """
-    precision = trainer_cfg.get("precision")
-    accelerator = str(trainer_cfg.get("accelerator") or "auto")
-    if (
-        precision in _GPU_ONLY_PRECISIONS
-        and not torch.cuda.is_available()
-        and accelerator in {"auto", "gpu", "cuda", "cpu"}
-    ):
+    precision, message = resolve(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
+    if message:
         if rank_zero_only.rank == 0:
-            log.warning("precision=%s needs a CUDA GPU and none is available: running in 32-true instead.", precision)
-        trainer_cfg.precision = "32-true"
+            log.warning(message)
+        trainer_cfg.precision = precision

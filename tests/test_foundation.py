@@ -18,6 +18,7 @@ from jsonargparse import Namespace
 from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
+from harvest.precision import cpu_computes_natively
 from harvest.run_setup import apply_run_layout, resolve_precision, resolve_run_name
 
 TOY, FAST, CHECKPOINT = TOY_ARGS, QUIET_ARGS, CHECKPOINT_ARGS
@@ -143,8 +144,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a CUDA GPU bf16-mixed runs as configured")
-def test_gpu_precision_falls_back_on_cpu_in_one_line() -> None:
+def test_autocast_precision_runs_where_fast_and_falls_back_in_one_line_elsewhere() -> None:
     records = _Records()
     logging.getLogger("harvest.run_setup").addHandler(records)
     trainer = Namespace(precision="bf16-mixed", accelerator="auto")
@@ -152,10 +152,14 @@ def test_gpu_precision_falls_back_on_cpu_in_one_line() -> None:
         resolve_precision(trainer)
     finally:
         logging.getLogger("harvest.run_setup").removeHandler(records)
-    assert trainer.precision == "32-true"
-    assert records.messages == [
-        "precision=bf16-mixed needs a CUDA GPU and none is available: running in 32-true instead."
-    ]
+    if torch.cuda.is_available() or cpu_computes_natively("bf16"):  # this project's CPU has AVX512-BF16
+        assert trainer.precision == "bf16-mixed" and records.messages == []
+    else:
+        assert trainer.precision == "32-true"
+        assert records.messages == [
+            "precision=bf16-mixed needs a CUDA GPU or a CPU with AVX512-BF16 or AMX-BF16 and this machine "
+            "has neither: running in 32-true instead."
+        ]
     for kept in ("32-true", "bf16-true"):  # bf16-true is an explicit choice (Mask R-CNN refuses it by name)
         trainer = Namespace(precision=kept, accelerator="auto")
         resolve_precision(trainer)
