@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.5, help="score a detection needs to be drawn (overlays)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
 
+    p = sub.add_parser("export", parents=[common], help="export to ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--output", type=Path, required=True, help="file to write, e.g. model.onnx (plus FILE.json)")
+    p.add_argument("--images", type=Path, default=None, help="folder whose first images the check uses")
+
     p = sub.add_parser(
         "serve", parents=[common], help="serve a version over HTTP (mlflow models serve, this environment)"
     )
@@ -284,6 +290,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             output_console(stderr=True).print(
                 f"Predicted {summary['images']} images with {summary['version']}: {written}"
             )
+        elif args.command == "export":
+            from harvest.model_export import export_registered, summary_line
+
+            content = export_registered(registry, args.ref, args.format, args.output, args.images)
+            console.print(f"Exported {content['model']} to {args.output}: {summary_line(content)}")
+            if not content["check"]["passed"]:
+                raise SystemExit(1)
         elif args.command == "serve":
             from harvest.serving_process import serve
 
