@@ -46,7 +46,9 @@ def grocery_model(
     workdir = tmp_path_factory.mktemp("grocery_model")
     shutil.copy(migrated_store, workdir / "registry.db")
     uri = f"sqlite:///{workdir / 'registry.db'}"
-    open_registry(uri).register(grocery_run.run_dir, "grocer", aliases=["production"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # MLflow puts a SQLite store's artifacts under ./mlruns
+        open_registry(uri).register(grocery_run.run_dir, "grocer", aliases=["production"])
     images = sorted((tiny_groceries / "test").rglob("*.jpg"))
     return Registered(uri, "grocer@production", grocery_run.cli, images, workdir)
 
