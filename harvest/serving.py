@@ -176,31 +176,38 @@ class ServingModel:
                 if self.detector:
                     outputs = self.module.predict_step(batch)
                     records += [
-                        self._detections(out, image, name) for out, image, name in zip(outputs, raw, names, strict=True)
+                        detection_record(out, image.size, self.class_names, name)
+                        for out, image, name in zip(outputs, raw, names, strict=True)
                     ]
                 else:
                     found = self.module.classify(torch.stack(batch), names)
                     records += [r if r["path"] else {k: v for k, v in r.items() if k != "path"} for r in found]
         return records
 
-    def _detections(self, out: dict[str, torch.Tensor], image: Image.Image, path: str | None) -> dict[str, Any]:
-        """Boxes and masks moved back to the size of the image as sent, masks as RLE."""
-        width, height = image.size
-        masks = out["masks"]
-        scale = torch.tensor([width / masks.shape[-1], height / masks.shape[-2]] * 2) if masks.ndim == 3 else 1.0
-        boxes = out["boxes"] * scale if len(out["boxes"]) else out["boxes"].reshape(0, 4)
-        if len(masks) and tuple(masks.shape[-2:]) != (height, width):
-            masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
-        labels = out["labels"].tolist()
-        record = {"path": path} if path else {}
-        return record | {
-            "image_size": [int(height), int(width)],
-            "boxes": [[round(float(c), 2) for c in box] for box in boxes],
-            "scores": [round(float(s), 5) for s in out["scores"]],
-            "labels": labels,
-            "class_names": [self.class_names[i] if 0 <= i < len(self.class_names) else str(i) for i in labels],
-            "masks": rle_encode(masks.bool()),
-        }
+
+def detection_record(
+    out: dict[str, torch.Tensor], size: tuple[int, int], class_names: Sequence[str], path: str | None = None
+) -> dict[str, Any]:
+    """A detector's output for one image, JSON-ready, masks as COCO RLE and labels with their class names.
+
+    Boxes and masks are moved back to ``size`` (width, height): the image as it was before the transform.
+    """
+    width, height = size
+    masks = out["masks"]
+    scale = torch.tensor([width / masks.shape[-1], height / masks.shape[-2]] * 2) if masks.ndim == 3 else 1.0
+    boxes = out["boxes"] * scale if len(out["boxes"]) else out["boxes"].reshape(0, 4)
+    if len(masks) and tuple(masks.shape[-2:]) != (height, width):
+        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    labels = out["labels"].tolist()
+    record = {"path": path} if path else {}
+    return record | {
+        "image_size": [int(height), int(width)],
+        "boxes": [[round(float(c), 2) for c in box] for box in boxes],
+        "scores": [round(float(s), 5) for s in out["scores"]],
+        "labels": labels,
+        "class_names": [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels],
+        "masks": rle_encode(masks.bool()),
+    }
 
 
 def is_detector(class_path: str) -> bool:
