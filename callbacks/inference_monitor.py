@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.logger_media import log_image_file
+from callbacks.monitor_plots import write_plots
 from callbacks.training_summary import write_json_atomic
+from harvest.drift import DriftThresholds, drift_report
+from harvest.monitoring_features import EmbeddingCapture
 from harvest.monitoring_stats import MonitorStats, observe
+from harvest.reference_profile import read_reference
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)
@@ -24,64 +29,58 @@ log = logging.getLogger(__name__)
 class InferenceMonitor(Callback):
     """Watch a prediction run the way production monitoring would.
 
-    Per batch it times ``predict_step`` and records each prediction's confidence (and correctness
-    where the data carries labels); every ``log_every_n_batches`` it sends the running
+    Per batch it times ``predict_step``, records each prediction (class, or detections per image),
+    its confidence, correctness where the data carries labels, and the image's embedding (captured
+    by a forward hook, no extra pass); every ``log_every_n_batches`` it sends the running
     ``monitor/accuracy``, ``monitor/avg_confidence``, ``monitor/avg_inference_time_ms`` and
     ``monitor/throughput_samples_per_sec`` to every attached logger. At the end it writes
-    ``<run dir>/monitoring_report.json`` (metrics, latency percentiles, prediction distribution,
-    confidence histogram) and two plots, and, given a ``reference`` report of a trusted run,
-    ``monitor/drift_score`` (PSI of the confidence histogram) and ``monitor/prediction_drift_js``.
-    Statistics are those of rank zero's share of the data under DDP.
+    ``<run dir>/monitoring_report.json`` (model, input, time, metrics, latency percentiles,
+    prediction distribution, confidence histogram) and two plots, and, given a ``reference``
+    (the registered model's ``reference_profile.json``, or an earlier report), the drift metrics of
+    :mod:`harvest.drift` (``monitor/drift_score`` and the rest). Rank zero's share under DDP.
 
     Args:
-        reference: A ``monitoring_report.json`` to measure drift against (e.g. of the test split).
-        psi_threshold: Confidence PSI above which drift is reported.
-        js_threshold: Prediction-distribution JS divergence above which drift is reported.
+        reference: ``reference_profile.json`` (or a ``monitoring_report.json``) to measure drift against.
+        drift_threshold: ``monitor/drift_score`` (KL divergence) above which drift is reported.
+        pvalue_threshold: p-value of the confidence and embedding tests below which drift is reported.
         score_threshold: Detection score counted as a detection (detectors only).
         log_every_n_batches: How often running metrics go to the loggers.
         report_name: File name of the report in the run directory.
+        model: How the report names the model (e.g. ``grocery-ssl-classifier:3``).
+        input: How the report names the images (default: the data module's ``predict_root``).
+
     """
 
     def __init__(
         self,
         reference: str | None = None,
-        psi_threshold: float = 0.2,
-        js_threshold: float = 0.1,
+        drift_threshold: float = 0.5,
+        pvalue_threshold: float = 0.01,
         score_threshold: float = 0.5,
         log_every_n_batches: int = 10,
         report_name: str = "monitoring_report.json",
+        model: str | None = None,
+        input: str | None = None,  # noqa: A002 - the report's word for it
     ) -> None:
         self.reference = Path(reference) if reference else None
-        self.psi_threshold, self.js_threshold = psi_threshold, js_threshold
+        self.thresholds = DriftThresholds(drift_score=drift_threshold, pvalue=pvalue_threshold)
         self.score_threshold = score_threshold
         self.log_every_n_batches = log_every_n_batches
         self.report_name = report_name
+        self.model, self.input = model, input
         self.stats = MonitorStats()
         self.report: dict[str, Any] = {}
         self._started = 0.0
+        self._capture: EmbeddingCapture | None = None
 
-    def _reference(self) -> dict[str, Any] | None:
-        if self.reference is None:
-            return None
-        try:
-            reference = json.loads(self.reference.read_text())
-            usable = isinstance(reference["confidence_histogram"]["counts"], list) and isinstance(
-                reference["prediction_distribution"], dict
-            )
-        except KeyError as error:
-            usable, reference = False, f"no key {error}"
-        except (OSError, ValueError, TypeError) as error:
-            usable, reference = False, str(error)
-        if not usable:
-            raise ValueError(
-                f"InferenceMonitor reference={self.reference}: not a monitoring report ({reference}); "
-                "pass the monitoring_report.json written by an earlier `harvest predict`/`harvest monitor`."
-            )
-        return reference
+    def _reference(self) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        return read_reference(self.reference) if self.reference is not None else None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reference()  # a bad reference fails before any image is read
-        self.stats = MonitorStats()
+        kind = "detector" if not hasattr(pl_module, "classify") else "classifier"
+        self.stats = MonitorStats(kind, list(getattr(pl_module, "class_names", [])))
+        self._capture = EmbeddingCapture(pl_module).attach()
 
     def on_predict_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -103,7 +102,8 @@ class InferenceMonitor(Callback):
             torch.cuda.synchronize(pl_module.device)
         seconds = time.perf_counter() - self._started
         labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 and torch.is_tensor(batch[1]) else None
-        self.stats.add(*observe(outputs, labels, self.score_threshold), seconds=seconds)
+        embeddings = self._capture.take() if self._capture else None
+        self.stats.add(*observe(outputs, labels, self.score_threshold), seconds=seconds, embeddings=embeddings)
         if (batch_idx + 1) % self.log_every_n_batches == 0:
             self._log(trainer, self.stats.metrics())
 
@@ -113,19 +113,38 @@ class InferenceMonitor(Callback):
             logger.log_metrics(metrics, step=self.stats.samples)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.report = self.stats.report(self._reference(), self.psi_threshold, self.js_threshold)
-        self._finish(trainer)
+        if self._capture is not None:
+            self._capture.detach()
+        predict_root = getattr(trainer.datamodule, "predict_root", None)
+        self.report = {
+            "model": self.model or type(pl_module).__name__,
+            "input": self.input or (str(predict_root) if predict_root else "the data module's test split"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "metrics": self.stats.metrics(),
+            "latency_ms_per_batch": self.stats.latency(),
+            **self.stats.summary(),
+        }
+        reference = self._reference()
+        if reference is not None:
+            drift = drift_report(
+                reference[0], self.report, reference[1], self.stats.embedding_sample(), self.thresholds
+            )
+            self.report["metrics"].update(drift.pop("metrics"))
+            self.report["drift"] = {"reference": str(self.reference), **drift}
+        self._finish(trainer, reference[0] if reference else None)
 
     @rank_zero_only
-    def _finish(self, trainer: pl.Trainer) -> None:
+    def _finish(self, trainer: pl.Trainer, reference: dict[str, Any] | None) -> None:
         folder = run_dir(trainer)
         write_json_atomic(folder / self.report_name, self.report)
         self._log(trainer, self.report["metrics"])
-        for name, path in self._plots(folder / "plots").items():
+        for name, path in write_plots(self.report, reference, folder / "plots").items():
             log_image_file(trainer, f"monitor/{name}", path, step=self.stats.samples)
         metrics = self.report["metrics"]
         log.info(
-            "monitoring: %d samples, avg confidence %.3f, %.2f ms/sample, %.1f samples/s%s -> %s",
+            "monitoring %s on %s: %d samples, avg confidence %.3f, %.2f ms/sample, %.1f samples/s%s -> %s",
+            self.report["model"],
+            self.report["input"],
             self.stats.samples,
             metrics["monitor/avg_confidence"],
             metrics["monitor/avg_inference_time_ms"],
@@ -135,40 +154,8 @@ class InferenceMonitor(Callback):
         )
         drift = self.report.get("drift")
         if drift and drift["detected"]:
-            log.warning(
-                "monitoring: DRIFT against %s: confidence PSI %.3f (threshold %.2f), "
-                "prediction JS %.3f (threshold %.2f).",
-                self.reference,
-                drift["confidence_psi"],
-                self.psi_threshold,
-                drift["prediction_js"],
-                self.js_threshold,
+            log.warning("monitoring: DRIFT against %s: %s.", self.reference, "; ".join(drift["reasons"]))
+        elif drift:
+            log.info(
+                "monitoring: no drift against %s (drift_score %.3f).", self.reference, metrics["monitor/drift_score"]
             )
-
-    def _plots(self, folder: Path) -> dict[str, Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "confidence_histogram": folder / "monitor_confidence_histogram.png",
-            "prediction_distribution": folder / "monitor_prediction_distribution.png",
-        }
-        histogram = self.report["confidence_histogram"]
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(histogram["bins"][:-1], histogram["counts"], width=0.1, align="edge")
-        ax.set(xlabel="confidence", ylabel="predictions", title="Confidence histogram")
-        fig.tight_layout()
-        fig.savefig(paths["confidence_histogram"], dpi=100)
-        plt.close(fig)
-        distribution = self.report["prediction_distribution"]
-        fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(distribution)), 3))
-        ax.bar(list(distribution), list(distribution.values()))
-        ax.set(ylabel="predictions", title="Prediction distribution")
-        ax.tick_params(axis="x", rotation=60)
-        fig.tight_layout()
-        fig.savefig(paths["prediction_distribution"], dpi=100)
-        plt.close(fig)
-        return paths

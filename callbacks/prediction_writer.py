@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from harvest.serving import detection_record
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,9 @@ def _plain(value: Any) -> Any:
 class PredictionWriter(BasePredictionWriter):
     """Append every record ``predict_step`` returns (a list of dicts) to ``<run dir>/predictions.jsonl``.
 
-    Tensors and numpy values become lists and numbers. Under DDP every rank writes its own file,
+    Tensors and numpy values become lists and numbers. A detector's records are written compactly
+    (:func:`harvest.serving.detection_record`): the image's path, boxes and masks at the image's own
+    size, class names, masks as COCO RLE instead of dense boolean lists. Under DDP every rank writes its own file,
     ``predictions.rank<N>.jsonl``.
 
     Args:
@@ -62,10 +66,35 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         records = prediction if isinstance(prediction, list) else [prediction]
+        if records and isinstance(records[0], dict) and torch.is_tensor(records[0].get("masks")):
+            records = self._compact(trainer, pl_module, records, batch_indices, dataloader_idx)
         with self._path(trainer).open("a") as file:
             for record in records:
                 file.write(json.dumps(record, default=_plain) + "\n")
         self.count += len(records)
+
+    @staticmethod
+    def _compact(
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        records: list[dict[str, Any]],
+        batch_indices: Sequence[int] | None,
+        dataloader_idx: int,
+    ) -> list[dict[str, Any]]:
+        """Detections with the image's path, class names and RLE masks, at the image's own size."""
+        loaders = trainer.predict_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        samples = getattr(getattr(loader, "dataset", None), "samples", None)
+        class_names = list(getattr(pl_module, "class_names", []))
+        out = []
+        for k, record in enumerate(records):
+            index = batch_indices[k] if batch_indices is not None and k < len(batch_indices) else None
+            sample = samples[index] if samples is not None and index is not None else None
+            height, width = record["masks"].shape[-2:]
+            size = (sample.width, sample.height) if sample is not None else (width, height)
+            path = str(sample.image) if sample is not None else None
+            out.append(detection_record(record, size, class_names, path))
+        return out
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log.info("%d predictions written to %s", self.count, self._path(trainer))

@@ -11,12 +11,17 @@ from __future__ import annotations
 import logging
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from datamodules.coco_truth import EvaluationDataset
 from datamodules.detection_transforms import eval_transforms, load_size, train_transforms
@@ -247,6 +252,21 @@ class FujiApplesDataModule(pl.LightningDataModule):
                 self.min_size, self.max_size, self.scale_range, self.hflip, self.color_jitter
             )
         return eval_transforms(self.min_size, self.max_size)
+
+    def inference_transform(self) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
+        """The evaluation resize and scaling of one decoded image (PIL or ``uint8[3, H, W]``), for serving."""
+        transform = self._transforms("predict")
+
+        def apply(image: Image.Image | torch.Tensor) -> torch.Tensor:
+            image = pil_to_tensor(image) if isinstance(image, Image.Image) else image
+            height, width = image.shape[-2:]
+            empty = {
+                "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)),
+                "labels": torch.zeros(0, dtype=torch.int64),
+            }
+            return transform(tv_tensors.Image(image), empty)[0].as_subclass(torch.Tensor)
+
+        return apply
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         return DataLoader(

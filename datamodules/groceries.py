@@ -263,6 +263,10 @@ class GroceriesDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def inference_transform(self) -> v2.Compose:
+        """The evaluation transform of one decoded image (PIL or ``uint8[3, H, W]``): what serving applies."""
+        return build_transform(self.image_size, False, [], self.crop_scale)
+
     def train_dataloader(self) -> DataLoader:
         """Load the labeled training images only, augmented and shuffled (fine-tuning)."""
         self._prepare()

@@ -18,6 +18,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "skops": ("skops>=0.10", "pip install skops"),
     "wandb": ("wandb>=0.18", "pip install wandb"),
     "mlflow": ("mlflow>=2.18", "pip install mlflow"),
+    "onnxruntime": ("onnxruntime>=1.20", "pip install 'harvest-mlops[export]'"),
 }
 
 _CACHE: dict[str, RequirementCache] = {}

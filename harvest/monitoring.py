@@ -1,10 +1,13 @@
 r"""``harvest monitor``: monitored predictions with a registered model.
 
     harvest monitor grocery-ssl-classifier@production                      # the test split, with accuracy
-    harvest monitor grocery-ssl-classifier@production --images incoming/ \\
-        --reference runs/<earlier monitor run>/monitoring_report.json      # new images, with drift
+    harvest monitor grocery-ssl-classifier@production --images incoming/  # new images: drift from training
+    harvest monitor fuji-maskrcnn@production --images orchard/ --reference runs/<monitor run>/monitoring_report.json
 
-Downloads the version from the registry (every file checked against its SHA-256), then runs
+Drift is measured against the reference profile of the validation split that the training run
+wrote and the registered version carries (``reference_profile.json``), or an earlier report given
+with ``--reference``. The version comes from the local model cache (downloaded once per content,
+every file checked against its SHA-256 before each use, :mod:`harvest.model_cache`), then this runs
 ``harvest predict`` with the run's own resolved config, the verified weights and the
 :class:`callbacks.inference_monitor.InferenceMonitor` callback. The monitoring run gets its own
 run directory (``<pipeline>_monitor_<timestamp>``) and goes to the trackers of that config, so
@@ -25,14 +28,16 @@ from pathlib import Path
 import yaml
 
 from harvest.cli import cli_main, split_passthrough
-from harvest.registry import download_model
+from harvest.model_cache import cached_package
+from harvest.reference_profile import PROFILE
+from harvest.registry import open_registry
 from harvest.registry_package import MANIFEST, WEIGHTS, RegistryError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list[str]:
-    """The ``harvest predict`` arguments that monitor the model in ``package``."""
+def monitor_args(package: Path, run_name: str, args: argparse.Namespace, label: str = "") -> list[str]:
+    """The ``harvest predict`` arguments that monitor the model in ``package`` (``label``: ``NAME:VERSION``)."""
     config = package / "config.yaml"
     if not config.is_file():
         raise RegistryError(f"{package}: the registered version has no config.yaml; register it from a run directory.")
@@ -57,8 +62,12 @@ def monitor_args(package: Path, run_name: str, args: argparse.Namespace) -> list
         "--trainer.callbacks.log_every_n_batches",
         str(args.log_every),
     ]
-    if args.reference:
-        argv += ["--trainer.callbacks.reference", args.reference]
+    reference = args.reference or (str(package / PROFILE) if (package / PROFILE).is_file() else None)
+    if reference:
+        argv += ["--trainer.callbacks.reference", reference]
+    else:
+        log.warning("%s carries no %s (trained before profiles existed): no drift is measured.", args.model, PROFILE)
+    argv += ["--trainer.callbacks.model", label, "--trainer.callbacks.input", args.images or "test split"]
     if args.images:  # new images: the class list comes with the model, the data set need not be here
         argv += ["--data.init_args.predict_root", args.images]
         hparams = load_checkpoint(package / WEIGHTS, mmap=True).get("hyper_parameters") or {}
@@ -81,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         "model", help="registered model as NAME, NAME:VERSION or NAME@ALIAS (default alias: production)"
     )
     parser.add_argument("--images", help="folder of images to predict (default: the data module's test split)")
-    parser.add_argument("--reference", help="monitoring_report.json of a trusted run, to measure drift against")
+    parser.add_argument(
+        "--reference",
+        help="reference_profile.json or monitoring_report.json to measure drift against "
+        "(default: the profile of the validation split that the version carries)",
+    )
     parser.add_argument(
         "--tracking-uri", default=None, help="registry URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
@@ -93,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     ref = args.model if ("@" in args.model or ":" in args.model) else f"{args.model}@production"
     name = ref.split("@")[0].split(":")[0]
     run_name = f"{name}_monitor_{datetime.now():%Y%m%d_%H%M%S}"
-    package_dir = Path("runs") / ".registry-downloads" / run_name
     try:
-        package = download_model(ref, package_dir, args.tracking_uri)
+        info, package, downloaded = cached_package(open_registry(args.tracking_uri), ref)
     except RegistryError as error:
         parser.exit(2, f"harvest monitor: {error}\n")
-    log.info("monitoring %s (verified package %s)", ref, package / MANIFEST)
-
-    cli_main(monitor_args(package, run_name, args))
+    log.info(
+        "monitoring %s = %s (%s %s)", ref, info.label, "downloaded" if downloaded else "cached", package / MANIFEST
+    )
+    cli_main(monitor_args(package, run_name, args, info.label))

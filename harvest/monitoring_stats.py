@@ -1,9 +1,11 @@
-"""Numbers of inference monitoring: running statistics, histograms and drift scores.
+"""Numbers of inference monitoring: what a model predicted on a set of images, summarised.
 
-Drift is measured against a reference report (the same statistics of a trusted run, e.g.
-``harvest predict`` on the test split): the population stability index (PSI) of the confidence
-histogram and the Jensen-Shannon divergence of the predicted-class distribution. PSI above 0.2
-is the usual threshold for a significant shift.
+:class:`MonitorStats` collects, per image, the prediction (a class name for a classifier, the number
+of detections for a detector), its confidence (the top probability, or the top detection score; 0
+without detections), correctness where labels are known, timings, and the image's embedding. Its
+:meth:`~MonitorStats.summary` is the statistics part of a reference profile (written at the end
+of ``fit`` on the validation split) and of a monitoring report, so either can serve as the
+reference that :func:`harvest.drift.drift_report` compares a new set of images with.
 """
 
 from __future__ import annotations
@@ -15,47 +17,39 @@ from typing import Any
 import numpy as np
 
 CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
-
-
-def psi(expected: list[float], actual: list[float], eps: float = 1e-4) -> float:
-    """Population stability index between two histograms (counts or fractions over the same bins)."""
-    p = np.asarray(expected, dtype=float)
-    q = np.asarray(actual, dtype=float)
-    p = np.clip(p / max(p.sum(), eps), eps, None)
-    q = np.clip(q / max(q.sum(), eps), eps, None)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def js_divergence(expected: dict[str, float], actual: dict[str, float]) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) between two label distributions given as counts."""
-    labels = sorted(set(expected) | set(actual))
-    p = np.array([expected.get(k, 0.0) for k in labels], dtype=float)
-    q = np.array([actual.get(k, 0.0) for k in labels], dtype=float)
-    if p.sum() == 0 or q.sum() == 0:
-        return 0.0
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray, b: np.ndarray) -> float:
-        mask = a > 0
-        return float(np.sum(a[mask] * np.log2(a[mask] / b[mask])))
-
-    return max(0.0, min(1.0, (kl(p, m) + kl(q, m)) / 2))
+#: Embeddings kept for the drift test (a seeded random subset beyond this many images).
+MAX_EMBEDDINGS = 512
 
 
 @dataclass
 class MonitorStats:
-    """Everything seen so far by an inference monitor."""
+    """Everything seen so far by an inference monitor.
 
+    Args:
+        kind: ``"classifier"`` or ``"detector"``.
+        class_names: The classifier's classes (every one is shown and compared, even when never predicted).
+
+    """
+
+    kind: str = "classifier"
+    class_names: list[str] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
     predictions: Counter = field(default_factory=Counter)
     correct: int = 0
     labeled: int = 0
     seconds: float = 0.0
     batch_ms: list[float] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, predictions: list[str], confidences: list[float], correct: list[bool | None], seconds: float) -> None:
-        """Record one batch: its predictions, their confidences, correctness where labels are known, its time."""
+    def add(
+        self,
+        predictions: list[Any],
+        confidences: list[float],
+        correct: list[bool | None],
+        seconds: float,
+        embeddings: np.ndarray | None = None,
+    ) -> None:
+        """Record one batch: predictions, confidences, correctness where known, its time and embeddings."""
         self.predictions.update(predictions)
         self.confidences.extend(confidences)
         known = [c for c in correct if c is not None]
@@ -63,6 +57,8 @@ class MonitorStats:
         self.labeled += len(known)
         self.seconds += seconds
         self.batch_ms.append(seconds * 1000.0)
+        if embeddings is not None and len(embeddings):
+            self.embeddings.append(np.asarray(embeddings, dtype=np.float32))
 
     @property
     def samples(self) -> int:
@@ -78,49 +74,62 @@ class MonitorStats:
             "monitor/avg_inference_time_ms": self.seconds * 1000.0 / n,
             "monitor/throughput_samples_per_sec": self.samples / self.seconds if self.seconds > 0 else 0.0,
         }
+        if self.kind == "detector" and self.samples:
+            out["monitor/avg_detections"] = sum(k * v for k, v in self.predictions.items()) / self.samples
         if self.labeled:
             out["monitor/accuracy"] = self.correct / self.labeled
         return out
+
+    def distribution(self) -> dict[str, list]:
+        """Predictions per category: every class (zero counts too), or 0..max detections per image."""
+        if self.kind == "detector":
+            labels: list[Any] = list(range(max(self.predictions, default=0) + 1))
+        else:
+            labels = list(self.class_names) + sorted(str(k) for k in self.predictions if k not in self.class_names)
+        return {"labels": labels, "counts": [int(self.predictions.get(label, 0)) for label in labels]}
 
     def histogram(self) -> list[int]:
         """Counts of confidences in ten bins over [0, 1]."""
         return np.histogram(np.clip(self.confidences, 0.0, 1.0), bins=CONFIDENCE_BINS)[0].astype(int).tolist()
 
-    def report(self, reference: dict[str, Any] | None, psi_threshold: float, js_threshold: float) -> dict[str, Any]:
-        """The JSON report; with a reference, drift scores and whether drift was detected."""
-        batch_ms = np.asarray(self.batch_ms) if self.batch_ms else np.zeros(1)
-        report: dict[str, Any] = {
-            "metrics": self.metrics(),
-            "latency_ms_per_batch": {
-                "p50": float(np.percentile(batch_ms, 50)),
-                "p95": float(np.percentile(batch_ms, 95)),
-            },
-            "prediction_distribution": dict(sorted(self.predictions.items())),
+    def embedding_sample(self, seed: int = 0) -> np.ndarray | None:
+        """At most :data:`MAX_EMBEDDINGS` embeddings (a seeded subset), or None when none were captured."""
+        if not self.embeddings:
+            return None
+        rows = np.concatenate(self.embeddings)
+        if len(rows) > MAX_EMBEDDINGS:
+            rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), MAX_EMBEDDINGS, replace=False))]
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """The statistics a reference profile and a report share (JSON-ready)."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "samples": self.samples,
+            "prediction_distribution": self.distribution(),
             "confidence_histogram": {"bins": CONFIDENCE_BINS.round(2).tolist(), "counts": self.histogram()},
+            "confidences": [round(c, 6) for c in self.confidences],
         }
-        if reference is not None:
-            score = psi(reference["confidence_histogram"]["counts"], report["confidence_histogram"]["counts"])
-            js = js_divergence(reference["prediction_distribution"], report["prediction_distribution"])
-            report["metrics"]["monitor/drift_score"] = score
-            report["metrics"]["monitor/prediction_drift_js"] = js
-            report["drift"] = {
-                "confidence_psi": score,
-                "prediction_js": js,
-                "psi_threshold": psi_threshold,
-                "js_threshold": js_threshold,
-                "detected": bool(score > psi_threshold or js > js_threshold),
-            }
-        return report
+        if self.kind == "classifier":
+            out["class_names"] = list(self.class_names)
+        return out
+
+    def latency(self) -> dict[str, float]:
+        """Median and 95th percentile of the batch latency in milliseconds."""
+        batch_ms = np.asarray(self.batch_ms) if self.batch_ms else np.zeros(1)
+        return {"p50": float(np.percentile(batch_ms, 50)), "p95": float(np.percentile(batch_ms, 95))}
 
 
-def observe(outputs: Any, labels: Any, score_threshold: float) -> tuple[list[str], list[float], list[bool | None]]:
+def observe(outputs: Any, labels: Any, score_threshold: float) -> tuple[list[Any], list[float], list[bool | None]]:
     """Predictions, confidences and correctness of one predict batch, for classifiers and detectors.
 
     A classifier's output (``class_name``, ``class_index``, ``confidence`` per image) is compared
     with the batch's labels where they are >= 0. A detector's output (``scores`` per image) counts
-    as "N detections" with the top score as confidence (0 for an image without detections).
+    as its number of detections scoring at least ``score_threshold`` (an int), with the top score as
+    confidence (0 for an image without detections).
     """
-    predictions, confidences, correct = [], [], []
+    predictions: list[Any] = []
+    confidences, correct = [], []
     label_list = labels.tolist() if hasattr(labels, "tolist") else list(labels or [])
     for i, item in enumerate(outputs or []):
         if "confidence" in item:
@@ -130,8 +139,7 @@ def observe(outputs: Any, labels: Any, score_threshold: float) -> tuple[list[str
             correct.append(None if label < 0 else bool(item["class_index"] == label))
         else:
             scores = item["scores"]
-            kept = int((scores >= score_threshold).sum())
-            predictions.append(f"{kept} detections")
+            predictions.append(int((scores >= score_threshold).sum()))
             confidences.append(float(scores.max()) if len(scores) else 0.0)
             correct.append(None)
     return predictions, confidences, correct

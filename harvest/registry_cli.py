@@ -9,6 +9,9 @@ Examples::
     harvest registry promote grocery-ssl-classifier --version 2 --to-alias production
     harvest registry load grocery-ssl-classifier@production
     harvest registry download fuji-maskrcnn@production --dst models/
+    harvest registry predict grocery-ssl-classifier@production --images incoming/ --output predictions.jsonl
+    harvest registry predict fuji-maskrcnn@production --images orchard/ --coco detections.json --overlays overlays/
+    harvest registry serve grocery-ssl-classifier@production --port 5001
 
 The registry is MLflow's at ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or
 ``sqlite:///mlflow.db``), or the W&B Registry with ``--tracking-uri wandb://ENTITY/PROJECT``.
@@ -28,6 +31,7 @@ from rich.table import Table
 
 from harvest.console import console as output_console
 from harvest.registry import Registry, RegistryError, VersionInfo, default_uri, open_registry
+from harvest.serving import InputError
 
 BEST = "★"
 _LOWER_IS_BETTER = re.compile(r"loss|error|seconds|time|rmse|mae", re.IGNORECASE)
@@ -62,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "register", parents=[common], help="register a run's best checkpoint (or a .ckpt) as a new version"
     )
-    p.add_argument(
-        "path", metavar="PATH_OR_RUN", help="run directory, checkpoint file or run name under runs/"
-    )
+    p.add_argument("path", metavar="PATH_OR_RUN", help="run directory, checkpoint file or run name under runs/")
     p.add_argument("--name", required=True, help="registered model name, e.g. grocery-ssl-classifier")
     p.add_argument(
         "--metric",
@@ -97,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", parents=[common], help="metrics of several versions side by side, best marked " + BEST
     )
     p.add_argument("refs", nargs="+", metavar="NAME[:VERSION|@ALIAS]")
-    p.add_argument(
-        "--metrics", nargs="+", default=["*"], help="metric names or glob patterns to show (default: all)"
-    )
+    p.add_argument("--metrics", nargs="+", default=["*"], help="metric names or glob patterns to show (default: all)")
 
     p = sub.add_parser("promote", parents=[common], help="point an alias (production, staging…) at a version")
     p.add_argument("name")
@@ -115,9 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", parents=[common], help="download a version's files (SHA-256 checked)")
     p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
-    p.add_argument(
-        "--dst", default="models", help="folder to download into (default: %(default)s/NAME-vVERSION)"
+    p.add_argument("--dst", default="models", help="folder to download into (default: %(default)s/NAME-vVERSION)")
+
+    p = sub.add_parser("predict", parents=[common], help="predict a folder of images: one JSON line per image")
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument("--images", required=True, help="folder of .jpg/.jpeg/.png images (searched recursively)")
+    p.add_argument("--output", type=Path, default=None, help="JSON-lines file to write (default: standard output)")
+    p.add_argument("--coco", type=Path, default=None, help="detectors: also write a COCO results file here")
+    p.add_argument("--overlays", type=Path, default=None, help="detectors: draw the detections into this folder")
+    p.add_argument("--min-score", type=float, default=0.5, help="score a detection needs to be drawn (overlays)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+
+    p = sub.add_parser("export", parents=[common], help="export to ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--output", type=Path, required=True, help="file to write, e.g. model.onnx (plus FILE.json)")
+    p.add_argument("--images", type=Path, default=None, help="folder whose first images the check uses")
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a version over HTTP (mlflow models serve, this environment)"
     )
+    p.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
     return parser
 
 
@@ -161,9 +182,7 @@ def listing_table(versions: Sequence[VersionInfo], title: str) -> Table:
         monitor = info.record.get("monitor")
         score = f"{monitor} = {_fmt(info.metrics.get(monitor))}" if monitor else "-"
         created = (info.record.get("created") or "-")[:16].replace("T", " ")
-        table.add_row(
-            info.name, info.version, _aliases(info), score, info.record.get("run_name") or "-", created
-        )
+        table.add_row(info.name, info.version, _aliases(info), score, info.record.get("run_name") or "-", created)
     return table
 
 
@@ -187,9 +206,7 @@ def compare_table(versions: Sequence[VersionInfo], patterns: Sequence[str] = ("*
         table.add_column(info.label, justify="right")
     for metric, values, best in compare_rows(versions):
         if any(fnmatch(metric, p) for p in patterns):
-            table.add_row(
-                metric, *(_fmt(v) + (f" {BEST}" if i == best else "") for i, v in enumerate(values))
-            )
+            table.add_row(metric, *(_fmt(v) + (f" {BEST}" if i == best else "") for i, v in enumerate(values)))
     table.add_section()
     for label, key, width in (
         ("aliases", None, 0),
@@ -202,9 +219,7 @@ def compare_table(versions: Sequence[VersionInfo], patterns: Sequence[str] = ("*
     return table
 
 
-def _register_all(
-    registry: Registry, folder: Path, name: str | None, aliases: list[str], console: Console
-) -> int:
+def _register_all(registry: Registry, folder: Path, name: str | None, aliases: list[str], console: Console) -> int:
     runs = sorted(
         p
         for p in folder.iterdir()
@@ -242,8 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "register":
             info = registry.register(args.path, args.name, dict(args.metric), args.alias)
             console.print(
-                f"Registered {info.label} ({_aliases(info)}) from {info.record.get('checkpoint')} "
-                f"in {registry.uri}"
+                f"Registered {info.label} ({_aliases(info)}) from {info.record.get('checkpoint')} in {registry.uri}"
             )
         elif args.command == "register-all":
             if _register_all(registry, Path(args.folder), args.name, args.alias, console):
@@ -252,23 +266,42 @@ def main(argv: Sequence[str] | None = None) -> None:
             console.print(compare_table(registry.compare(args.refs), args.metrics))
         elif args.command == "promote":
             previous, current = registry.promote(args.name, args.version, args.to_alias)
-            before = (
-                f"moved from version {previous.version}" if previous else "set (no version held it before)"
-            )
+            before = f"moved from version {previous.version}" if previous else "set (no version held it before)"
             console.print(f"{args.name}: {args.to_alias} {before} to version {current.version}")
         elif args.command == "load":
             module = registry.load(args.ref)
             info = registry.resolve(args.ref)
             params = sum(p.numel() for p in module.parameters())
             console.print(
-                f"Loaded {args.ref} = {info.label}: {type(module).__name__}, {params:,} parameters, "
-                "SHA-256 verified"
+                f"Loaded {args.ref} = {info.label}: {type(module).__name__}, {params:,} parameters, SHA-256 verified"
             )
         elif args.command == "download":
             info = registry.resolve(args.ref)
             package = registry.download(info.label, Path(args.dst) / f"{info.name}-v{info.version}")
             console.print(f"Downloaded {args.ref} = {info.label} to {package} (SHA-256 verified)")
-    except RegistryError as err:
+        elif args.command == "predict":
+            from harvest.registry_predict import predict_folder
+
+            summary = predict_folder(
+                registry, args.ref, Path(args.images), args.output, args.coco, args.overlays, args.min_score,
+                args.batch_size,
+            )  # fmt: skip
+            written = ", ".join(summary["written"]) or "standard output"
+            output_console(stderr=True).print(
+                f"Predicted {summary['images']} images with {summary['version']}: {written}"
+            )
+        elif args.command == "export":
+            from harvest.model_export import export_registered, summary_line
+
+            content = export_registered(registry, args.ref, args.format, args.output, args.images)
+            console.print(f"Exported {content['model']} to {args.output}: {summary_line(content)}")
+            if not content["check"]["passed"]:
+                raise SystemExit(1)
+        elif args.command == "serve":
+            from harvest.serving_process import serve
+
+            raise SystemExit(serve(registry, args.ref, args.host, args.port, args.workers))
+    except (RegistryError, InputError) as err:
         print(f"harvest registry {args.command}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -10,12 +10,14 @@ the registration), and registered with the record as ``harvest.*`` version tags.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +26,34 @@ from harvest.registry_base import RegistryBackend, RegistryError, VersionInfo, d
 
 MODEL_ARTIFACT = "model"
 PACKAGE_ARTIFACT = "package"
-#: Distributions the served model imports (Harvest itself must be installed where it is served).
-_REQUIREMENTS = ("torch", "torchvision", "lightning", "scikit-learn", "skops", "mlflow", "numpy", "pandas")
+#: Harvest's packages, shipped with every model as ``code_paths``: the served model runs the code that registered it.
+CODE_PACKAGES = ("harvest", "lightning_modules", "datamodules", "callbacks")
+#: Needed by the pyfunc beside Harvest's own dependencies.
+_SERVING_REQUIREMENTS = ("pandas",)
 
 
 def _pinned_requirements() -> list[str]:
+    """Harvest's dependencies (its installed metadata, extras left out) pinned to the versions installed here."""
+    try:
+        declared = [r for r in requires("harvest-mlops") or [] if "extra ==" not in r]
+    except PackageNotFoundError:  # running from a source tree: the core of what the model imports
+        declared = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "scikit-learn", "skops",
+                    "mlflow", "numpy", "pillow", "pycocotools", "pyyaml", "scipy"]  # fmt: skip
     pinned = []
-    for dist in _REQUIREMENTS:
+    for requirement in [*declared, *_SERVING_REQUIREMENTS]:
+        dist = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
         try:
             pinned.append(f"{dist}=={version(dist).split('+')[0]}")
         except PackageNotFoundError:
-            pinned.append(dist)
-    return pinned
+            pinned.append(requirement)
+    return sorted(set(pinned))
+
+
+def _code_paths(dst: Path) -> list[str]:
+    """Copies of Harvest's packages (no ``__pycache__``) under ``dst``, for ``code_paths``."""
+    root = Path(__file__).resolve().parents[1]
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    return [str(shutil.copytree(root / name, dst / name, ignore=ignore)) for name in CODE_PACKAGES]
 
 
 @contextmanager
@@ -150,22 +168,21 @@ class MlflowBackend(RegistryBackend):
         )
         return experiment_id, run.info.run_id, True
 
-    def _save_pyfunc(self, package: Path, dst: Path) -> None:
+    def _save_pyfunc(self, package: Path, dst: Path, record: dict[str, Any]) -> None:
         import mlflow.pyfunc
-        import numpy as np
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
 
         from harvest import registry_pyfunc
+        from harvest.serving import input_example, is_detector, model_signature
 
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]))
-        with _quiet():
+        with _quiet(), tempfile.TemporaryDirectory(prefix="harvest-code-") as code:
             mlflow.pyfunc.save_model(
                 path=str(dst),
                 python_model=registry_pyfunc.__file__,
                 artifacts={PACKAGE_ARTIFACT: str(package)},
+                code_paths=_code_paths(Path(code)),
                 pip_requirements=_pinned_requirements(),
-                signature=signature,
+                signature=model_signature(is_detector(record.get("class_path") or "")),
+                input_example=input_example(),
             )
 
     def create_version(self, name: str, package: Path, record: dict[str, Any]) -> VersionInfo:
@@ -194,7 +211,7 @@ class MlflowBackend(RegistryBackend):
                 tags={"harvest.class_path": record.get("class_path", "")},
             )
             with tempfile.TemporaryDirectory() as tmp:
-                self._save_pyfunc(package, Path(tmp) / MODEL_ARTIFACT)
+                self._save_pyfunc(package, Path(tmp) / MODEL_ARTIFACT, record)
                 self.client.log_model_artifacts(logged.model_id, str(Path(tmp) / MODEL_ARTIFACT))
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
             self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])

@@ -25,12 +25,14 @@ from jsonargparse import Namespace
 from jsonargparse.typing import import_object  # type: ignore[attr-defined]
 
 from callbacks.training_summary import scalar_metrics, write_json_atomic
+from harvest.reference_profile import EMBEDDINGS, PROFILE
 from harvest.run_setup import DEFAULT_RUNS_DIR, pipeline_name
 from harvest.tracking import git_info
 
 MANIFEST = "harvest_model.json"
 WEIGHTS = "weights/model.ckpt"
-RUN_FILES = ("config.yaml", "training_summary.json", "dataset_card.json")
+#: Run files a package carries (the reference profile is the baseline of ``harvest monitor``).
+RUN_FILES = ("config.yaml", "training_summary.json", "dataset_card.json", PROFILE, EMBEDDINGS)
 #: Checkpoint entries only needed to resume training; a registered model does not carry them.
 _TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 

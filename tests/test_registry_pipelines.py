@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import GroceryRun
@@ -45,17 +46,11 @@ def registry_uri(request: pytest.FixtureRequest, sqlite_uri: str) -> str:  # noq
 def test_the_demo_recipe_registers_its_model_at_the_end_of_fit(grocery_run: GroceryRun) -> None:
     client = MlflowClient(f"sqlite:///{grocery_run.workdir / 'mlflow.db'}")
     (version,) = client.search_model_versions("name = 'grocery-ssl-classifier'")
-    assert (
-        client.get_run(version.run_id).info.run_name == grocery_run.run_dir.name
-    )  # linked to the training run
-    assert str(client.get_model_version_by_alias("grocery-ssl-classifier", "staging").version) == str(
-        version.version
-    )
+    assert client.get_run(version.run_id).info.run_name == grocery_run.run_dir.name  # linked to the training run
+    assert str(client.get_model_version_by_alias("grocery-ssl-classifier", "staging").version) == str(version.version)
     tags = version.tags
     assert tags["harvest.class_path"] == "lightning_modules.SemiSupervisedClassifier"
-    assert (
-        '"summary/best_test_accuracy"' in tags["harvest.metrics"] and len(tags["harvest.dataset_hash"]) == 64
-    )
+    assert '"summary/best_test_accuracy"' in tags["harvest.metrics"] and len(tags["harvest.dataset_hash"]) == 64
 
 
 def test_grocery_lifecycle_register_compare_promote_load_predict(
@@ -90,15 +85,14 @@ def test_grocery_lifecycle_register_compare_promote_load_predict(
     use_mlflow_uri(
         monkeypatch, registry_uri
     )  # the same version through MLflow's own loader, as `mlflow models serve` does
-    served = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(images.numpy().astype(np.float32))
-    expected = in_memory.classify(images, [f"input[{i}]" for i in range(len(images))])
+    files = [Path(p) for p in next(iter(grocery_run.cli.datamodule.test_dataloader()))[2]]
+    served = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(pd.DataFrame({"image": files}))
+    expected = in_memory.classify(images)
     assert [r["class_name"] for r in served] == [r["class_name"] for r in expected]
     assert np.allclose([r["confidence"] for r in served], [r["confidence"] for r in expected])
 
 
-def test_register_all_registers_each_run_once(
-    sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path
-) -> None:  # noqa: F811
+def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path) -> None:  # noqa: F811
     from harvest.registry_cli import main
 
     folder = tmp_path / "runs"
@@ -137,9 +131,7 @@ def fuji_run(
         patch.chdir(workdir)
         clear_run_name()
         # the demo's callback list ends with its ModelRegistryUpload: point it at this test's store
-        args = fuji_args(
-            tiny_orchard, "--trainer.max_epochs", "1", *loggers, "--trainer.callbacks.tracking_uri", uri
-        )
+        args = fuji_args(tiny_orchard, "--trainer.max_epochs", "1", *loggers, "--trainer.callbacks.tracking_uri", uri)
         cli = cli_main(["fit", *args, "--run_name", "fuji_apples_20250101_000000"])
         clear_run_name()
     return FujiRun(cli, uri)
@@ -148,9 +140,7 @@ def fuji_run(
 def test_the_fuji_demo_registers_a_detector_that_predicts_like_the_trained_one(
     fuji_run: FujiRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    info = open_registry(fuji_run.registry_uri).resolve(
-        "fuji-maskrcnn@staging"
-    )  # the first version takes staging
+    info = open_registry(fuji_run.registry_uri).resolve("fuji-maskrcnn@staging")  # the first version takes staging
     assert info.version == "1" and info.record["class_path"] == "lightning_modules.MaskRCNNModule"
     assert info.record["monitor"] == "val_segm/mAP" and "val_bbox/mAP" in info.metrics
 
@@ -165,64 +155,8 @@ def test_the_fuji_demo_registers_a_detector_that_predicts_like_the_trained_one(
             assert torch.equal(e[key], g[key]), key
 
     use_mlflow_uri(monkeypatch, fuji_run.registry_uri)
-    served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@staging").predict(images.numpy())
-    assert len(served) == 2 and np.allclose(served[0]["boxes"], expected[0]["boxes"].numpy().reshape(-1, 4))
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_with_the_registered_classifier(
-    sqlite_uri: str, grocery_run: GroceryRun
-) -> None:  # noqa: F811
-    """``mlflow models serve -m models:/NAME@production`` (local env) answers like the in-memory model."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from mlflow_server import free_port
-
-    open_registry(sqlite_uri).register(grocery_run.run_dir, "grocery", aliases=["production"])
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": sqlite_uri,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        "models:/grocery@production",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    server = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        images = _test_images(grocery_run)
-        body = json.dumps({"inputs": images.numpy().tolist()}).encode()
-        request = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json"})
-        predictions = json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    expected = grocery_run.cli.model.eval().classify(images)
-    assert [p["class_name"] for p in predictions] == [e["class_name"] for e in expected]
+    pixels = [(image * 255).round().byte().permute(1, 2, 0).numpy() for image in images]  # uint8 H x W x 3
+    served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@staging").predict(pd.DataFrame({"image": pixels}))
+    with torch.inference_mode():
+        expected = in_memory.predict_step([torch.from_numpy(p).permute(2, 0, 1) / 255.0 for p in pixels])
+    assert len(served) == 2 and np.allclose(served[0]["boxes"], expected[0]["boxes"].numpy().reshape(-1, 4), atol=0.01)

@@ -1,0 +1,85 @@
+"""Fixtures of the serving, prediction, export and monitoring tests: registered models of both pipelines.
+
+Each is a real ``harvest fit`` of a demo recipe on tiny synthetic data, registered into its own
+MLflow SQLite store (one per session; tests that register more use a name of their own).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import GroceryRun, clear_run_name, forget_mlflow_stores, fuji_args
+from registry_testing import migrated_store  # noqa: F401 - fixture
+
+from harvest.registry import open_registry
+
+
+@dataclass
+class Registered:
+    """A registered model: its store, its reference, the CLI run that trained it and its images."""
+
+    uri: str
+    ref: str
+    cli: Any
+    images: list[Path]
+    workdir: Path
+
+
+def b64(path: Path) -> str:
+    """The file's bytes, base64-encoded as a client sends them."""
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def grocery_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    grocery_run: GroceryRun,
+    tiny_groceries: Path,
+    migrated_store: Path,  # noqa: F811
+) -> Registered:
+    """The session's grocery run registered as ``grocer@production`` in a store of its own."""
+    workdir = tmp_path_factory.mktemp("grocery_model")
+    shutil.copy(migrated_store, workdir / "registry.db")
+    uri = f"sqlite:///{workdir / 'registry.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # MLflow puts a SQLite store's artifacts under ./mlruns
+        open_registry(uri).register(grocery_run.run_dir, "grocer", aliases=["production"])
+    images = sorted((tiny_groceries / "test").rglob("*.jpg"))
+    return Registered(uri, "grocer@production", grocery_run.cli, images, workdir)
+
+
+@pytest.fixture(scope="session")
+def fuji_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_orchard: Path,
+    migrated_store: Path,  # noqa: F811
+) -> Registered:
+    """One epoch of the Fuji demo recipe; its ModelRegistryUpload registers ``fuji-maskrcnn@staging``."""
+    from harvest.cli import cli_main
+
+    workdir = tmp_path_factory.mktemp("fuji_model")
+    shutil.copy(migrated_store, workdir / "registry.db")
+    uri = f"sqlite:///{workdir / 'registry.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        clear_run_name()
+        forget_mlflow_stores()
+        args = fuji_args(
+            tiny_orchard,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks.tracking_uri",
+            uri,
+        )
+        cli = cli_main(["fit", *args, "--run_name", "fuji_apples_20250101_000000"])
+        clear_run_name()
+        forget_mlflow_stores()
+    images = sorted(tiny_orchard.rglob("*.jpg"))
+    return Registered(uri, "fuji-maskrcnn@staging", cli, images, workdir)
