@@ -12,6 +12,7 @@ from callbacks.optuna_pruning import OptunaPruning
 from callbacks.prediction_images import PredictionImages
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_report import RunReport
+from callbacks.ssl_stage import SSLStage
 from callbacks.tensorboard_tracking import TensorBoardTracking
 from callbacks.training_summary import TrainingSummary
 from callbacks.wandb_tracking import WandbTracking
@@ -29,6 +30,7 @@ __all__ = [
     "PredictionWriter",
     "RunConfigSaver",
     "RunReport",
+    "SSLStage",
     "TensorBoardTracking",
     "TrainingSummary",
     "WandbTracking",

@@ -29,6 +29,7 @@ TOOLS: dict[str, str] = {
     "data": "harvest.data_cli:main",
     "sweep": "harvest.sweeps:main",
     "monitor": "harvest.monitoring:main",
+    "ssl": "harvest.ssl_cli:main",
 }
 
 #: Modules imported so that short class names (``--model SemiSupervisedClassifier``) resolve.
