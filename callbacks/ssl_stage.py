@@ -180,4 +180,4 @@ class SSLStage(Callback):
         trainer.save_checkpoint(path, weights_only=not same_step)
         last = Path(getattr(trainer.checkpoint_callback, "last_model_path", "") or "")
         if same_step and last.is_file() and last != path:
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)
