@@ -13,6 +13,7 @@ from callbacks.prediction_images import PredictionImages
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.reference_profile import ReferenceProfile
 from callbacks.run_report import RunReport
+from callbacks.ssl_stage import SSLStage
 from callbacks.tensorboard_tracking import TensorBoardTracking
 from callbacks.training_summary import TrainingSummary
 from callbacks.wandb_tracking import WandbTracking
@@ -31,6 +32,7 @@ __all__ = [
     "ReferenceProfile",
     "RunConfigSaver",
     "RunReport",
+    "SSLStage",
     "TensorBoardTracking",
     "TrainingSummary",
     "WandbTracking",

@@ -43,8 +43,10 @@ class ModelRegistryUpload(Callback):
         name: Registered model name, e.g. ``grocery-ssl-classifier``.
         tracking_uri: Registry URI; default: the attached MLFlowLogger's, else ``$MLFLOW_TRACKING_URI``
             or ``sqlite:///mlflow.db``; ``wandb://ENTITY/PROJECT`` for the W&B Registry.
-        monitor: Metric that decides ``threshold`` and ``staging``; default: the ModelCheckpoint's
-            (its best score), e.g. ``summary/best_test_accuracy`` for the grocery pipeline.
+        monitor: Metric that decides ``threshold`` and ``staging``; default: the one the module names
+            in ``run_results["monitor"]`` (the grocery classifier: ``summary/val_accuracy``, the
+            validation accuracy of the predictor ``predict`` serves), else the ModelCheckpoint's (its
+            best score).
         mode: ``max`` or ``min`` for ``monitor``; default: the ModelCheckpoint's mode, else ``max``.
         threshold: Register only when ``monitor`` is at least this good (``>=`` for max, ``<=`` for min).
         promote_to_staging: Point ``staging`` at the new version when it beats the current ``staging``
@@ -97,8 +99,11 @@ class ModelRegistryUpload(Callback):
     def _score(self, trainer: pl.Trainer, metrics: dict[str, float]) -> tuple[str | None, str, float | None]:
         checkpoint = trainer.checkpoint_callback
         ckpt_monitor = getattr(checkpoint, "monitor", None)
-        monitor = self.monitor or ckpt_monitor
-        mode = self.mode or (getattr(checkpoint, "mode", None) if monitor == ckpt_monitor else None) or "max"
+        # a module that names the metric of what it serves (the grocery classifier's SSL predictor) decides
+        served = getattr(trainer.lightning_module, "run_results", None) or {}
+        monitor = self.monitor or served.get("monitor") or ckpt_monitor
+        ckpt_mode = getattr(checkpoint, "mode", None) if monitor == ckpt_monitor else None
+        mode = self.mode or (served.get("mode") if monitor == served.get("monitor") else ckpt_mode) or "max"
         best = getattr(checkpoint, "best_model_score", None) if monitor == ckpt_monitor else None
         score = scalar_metrics({"s": best}).get("s") if best is not None else metrics.get(monitor or "")
         return monitor, mode, score
@@ -121,6 +126,9 @@ class ModelRegistryUpload(Callback):
             for k, v in scalar_metrics({**trainer.logged_metrics, **trainer.callback_metrics}).items()
             if v is not None
         }
+        best = scalar_metrics({"s": getattr(checkpoint, "best_model_score", None)}).get("s")
+        if getattr(checkpoint, "monitor", None) and best is not None:
+            metrics[checkpoint.monitor] = best  # the registered checkpoint's own score, not the last epoch's
         monitor, mode, score = self._score(trainer, metrics)
         if monitor and score is not None:
             metrics[monitor] = (

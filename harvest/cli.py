@@ -30,6 +30,7 @@ TOOLS: dict[str, str] = {
     "sweep": "harvest.sweeps:main",
     "monitor": "harvest.monitoring:main",
     "runs": "harvest.runs_clean:main",
+    "ssl": "harvest.ssl_cli:main",
 }
 
 #: Modules imported so that short class names (``--model SemiSupervisedClassifier``) resolve.

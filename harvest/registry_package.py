@@ -122,6 +122,14 @@ def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
     return found[-1]
 
 
+def _recorded_best(run_dir: Path | None, summary: dict[str, Any]) -> Path | None:
+    if run_dir is None or not summary.get("best_checkpoint") or not summary.get("monitor"):
+        return None
+    recorded = Path(summary["best_checkpoint"])
+    moved = run_dir / "checkpoints" / recorded.name
+    return moved if moved.is_file() else recorded
+
+
 def resolve_source(path_or_run: str | Path) -> ModelSource:
     """Find the checkpoint to register from a run directory, a ``.ckpt`` file or a run name under ``runs/``.
 
@@ -154,6 +162,10 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
             "register checkpoints written by `harvest fit`."
         )
     metrics = {k: v for k, v in scalar_metrics(summary.get("final_metrics") or {}).items() if v is not None}
+    best = _recorded_best(run_dir, summary)
+    if best is not None and best.resolve() == checkpoint.resolve() and summary.get("best_score") is not None:
+        metrics[summary["monitor"]] = summary["best_score"]  # the registered checkpoint's score, not the last epoch's
+    results = summary.get("results") or {}
     run_name = summary.get("run_name") or (run_dir.name if run_dir else checkpoint.stem)
     pipeline, experiment = run_identity(run_dir, run_name)
     return ModelSource(
@@ -164,9 +176,9 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
         experiment=experiment,
         class_path=class_path,
         metrics=metrics,
-        monitor=summary.get("monitor"),
-        mode=summary.get("mode") or "max",
-        results=summary.get("results") or {},
+        monitor=results.get("monitor") or summary.get("monitor"),  # the served predictor's metric, if named
+        mode=results.get("mode") or summary.get("mode") or "max",
+        results=results,
     )
 
 

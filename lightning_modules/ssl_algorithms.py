@@ -1,39 +1,24 @@
-"""The scikit-learn side of the grocery pipeline: semi-supervised estimators on CNN features.
+"""The SSL algorithms of the grocery pipeline: names, parameters, evaluation and the results table.
 
-Three algorithms from :mod:`sklearn.semi_supervised`, built by :func:`make_estimator`, fitted on the
-features of every training image (unlabeled ones carry the label ``-1``), evaluated with accuracy
-and macro F1, and serialised with skops into ``uint8`` tensors, which a checkpoint loaded with
-``torch.load(weights_only=True)`` can carry. Loading accepts only the types in
-:data:`TRUSTED_TYPES`; nothing is unpickled.
+Three algorithms run on CNN features: label propagation and label spreading (graph algorithms,
+:mod:`lightning_modules.graph_ssl`) and self-training with a logistic regression
+(:mod:`lightning_modules.self_training`), all in torch on the trainer's device, with scikit-learn's
+semantics and the seed project's parameters. Their fitted state lives in
+:class:`lightning_modules.ssl_state.FittedSSL`. Scores are accuracy and macro F1.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.semi_supervised import LabelPropagation, LabelSpreading, SelfTrainingClassifier
-
-log = logging.getLogger(__name__)
 
 ALGORITHMS = ("label_propagation", "label_spreading", "self_training")
-
-#: Types (beyond numpy, builtins and scikit-learn's estimators that skops trusts by default) that the
-#: fitted estimators hold: the nearest-neighbour index of the ``knn`` kernel.
-TRUSTED_TYPES = [
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.metrics._dist_metrics.EuclideanDistance32",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neighbors._ball_tree.BallTree",
-]
+#: The graph algorithms and their variant of the iterations.
+GRAPH_VARIANTS = {"label_propagation": "propagation", "label_spreading": "spreading"}
+KERNELS = ("knn", "rbf")
 
 
 @dataclass(frozen=True)
@@ -47,6 +32,22 @@ class SSLParams:
     max_iter: int = 1000
     threshold: float = 0.75
 
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel={self.kernel!r}: use one of {', '.join(KERNELS)}.")
+        if self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors={self.n_neighbors}: use 1 or more.")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha={self.alpha}: use a value in (0, 1).")
+
+    def check_size(self, count: int, where: str = "training images", key: str = "model.init_args.n_neighbors") -> None:
+        """Refuse a ``knn`` graph with ``n_neighbors`` not below the number of points (before any work)."""
+        if self.kernel == "knn" and self.n_neighbors >= count:
+            raise ValueError(
+                f"{key}={self.n_neighbors} needs more than that many {where} "
+                f"(found {count}): lower n_neighbors or add images."
+            )
+
 
 @dataclass
 class SSLResult:
@@ -58,62 +59,12 @@ class SSLResult:
     f1: float
 
 
-def make_estimator(name: str, params: SSLParams) -> BaseEstimator:
-    """Build a fresh, unfitted estimator for algorithm ``name`` (one of :data:`ALGORITHMS`)."""
-    graph = {
-        "kernel": params.kernel,
-        "n_neighbors": params.n_neighbors,
-        "gamma": params.gamma,
-        "max_iter": params.max_iter,
-    }
-    if name == "label_propagation":
-        return LabelPropagation(**graph)
-    if name == "label_spreading":
-        return LabelSpreading(alpha=params.alpha, **graph)
-    if name == "self_training":
-        return SelfTrainingClassifier(LogisticRegression(max_iter=1000), threshold=params.threshold)
-    raise ValueError(
-        f"unknown SSL algorithm {name!r}: choose from {', '.join(ALGORITHMS)} (model.init_args.algorithms)."
-    )
-
-
 def check_algorithms(names: list[str]) -> list[str]:
     """``names`` as a list after checking each is known and the list is not empty."""
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown or not names:
-        raise ValueError(
-            f"model.init_args.algorithms={list(names)}: choose one or more of {', '.join(ALGORITHMS)}."
-        )
+        raise ValueError(f"model.init_args.algorithms={list(names)}: choose one or more of {', '.join(ALGORITHMS)}.")
     return list(names)
-
-
-def fit_estimators(
-    names: list[str], params: SSLParams, features: np.ndarray, targets: np.ndarray
-) -> dict[str, BaseEstimator]:
-    """Fit each algorithm in ``names`` on ``features``; ``targets`` holds ``-1`` for unlabeled rows."""
-    if params.kernel == "knn" and params.n_neighbors >= len(features):
-        raise ValueError(
-            f"model.init_args.n_neighbors={params.n_neighbors} needs more than that many training images "
-            f"(found {len(features)}): lower n_neighbors or add images."
-        )
-    fitted = {}
-    for name in names:
-        estimator = make_estimator(name, params)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(features, targets)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log.warning(
-                "%s did not converge within max_iter=%d; its results may be poor.", name, params.max_iter
-            )
-        fitted[name] = estimator
-    return fitted
-
-
-def evaluate(estimator: BaseEstimator, features: np.ndarray, labels: np.ndarray) -> SSLResult:
-    """Accuracy and macro F1 of ``estimator`` on labelled ``features``."""
-    y_pred = np.asarray(estimator.predict(features), dtype=np.int64)
-    return scores(np.asarray(labels, dtype=np.int64), y_pred)
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> SSLResult:
@@ -134,51 +85,39 @@ def pick_best(val_results: dict[str, SSLResult]) -> str:
     )
 
 
-def to_tensor(estimator: BaseEstimator) -> torch.Tensor:
-    """``estimator`` as skops bytes in a ``uint8`` tensor (checkpoint-safe)."""
-    import skops.io as sio
-
-    return torch.frombuffer(bytearray(sio.dumps(estimator)), dtype=torch.uint8)
-
-
-def from_tensor(data: torch.Tensor, name: str = "estimator") -> BaseEstimator:
-    """Load an estimator written by :func:`to_tensor`, refusing any type outside :data:`TRUSTED_TYPES`."""
-    import skops.io as sio
-
-    raw = data.cpu().numpy().tobytes()
-    untrusted = sorted(set(sio.get_untrusted_types(data=raw)) - set(TRUSTED_TYPES))
-    if untrusted:
-        raise ValueError(f"refusing to load the {name} estimator: it contains untrusted types {untrusted}.")
-    return sio.loads(raw, trusted=TRUSTED_TYPES)
-
-
-def predict_proba(estimator: BaseEstimator, features: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class probabilities ``[N, num_classes]``, columns in class-index order whatever classes were seen."""
-    raw = np.asarray(estimator.predict_proba(features), dtype=np.float64)
-    probabilities = np.zeros((len(features), num_classes))
-    probabilities[:, np.asarray(estimator.classes_, dtype=np.int64)] = np.nan_to_num(raw)
-    return probabilities
+#: The metric of the predictor that ``predict`` serves: what the registry records and promotes on.
+SERVED_METRIC = "summary/val_accuracy"
 
 
 def summarize(
-    val: dict[str, SSLResult], test: dict[str, SSLResult], unlabeled: dict[str, SSLResult], head: SSLResult
+    val: dict[str, SSLResult],
+    test: dict[str, SSLResult],
+    unlabeled: dict[str, SSLResult],
+    head: tuple[SSLResult, SSLResult],
+    predict_algorithm: str | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics named ``{algo}/test_accuracy``, ``{algo}/f1_score``… and the run's results dict.
 
     The best algorithm is chosen on the validation images, never on the test images;
-    ``summary/best_test_accuracy`` is its test accuracy.
+    ``summary/best_test_accuracy`` is its test accuracy. The served predictor is
+    ``predict_algorithm`` when set (``cnn_head`` included), else the best algorithm; its validation
+    accuracy is :data:`SERVED_METRIC`, named in the results as their ``monitor`` (the registry's
+    headline metric and the ``staging`` decision).
 
     Args:
         val: Each algorithm on the validation images.
         test: Each algorithm on the test images.
         unlabeled: Each algorithm on the unlabeled training images (may be empty).
-        head: The fine-tuned CNN's own classifier on the test images (the supervised baseline).
+        head: The fine-tuned CNN's own classifier on the validation and the test images (the
+            supervised baseline).
+        predict_algorithm: The algorithm ``predict`` is configured to use, if any.
 
     Returns:
         ``(metrics, run_results)``.
 
     """
     best = pick_best(val)
+    served = predict_algorithm or best
     metrics: dict[str, float] = {}
     for name, result in test.items():
         metrics[f"{name}/test_accuracy"] = result.accuracy
@@ -186,8 +125,10 @@ def summarize(
         metrics[f"{name}/val_accuracy"] = val[name].accuracy
         if name in unlabeled:
             metrics[f"{name}/unlabeled_accuracy"] = unlabeled[name].accuracy
-    metrics["cnn_head/test_accuracy"], metrics["cnn_head/f1_score"] = head.accuracy, head.f1
+    metrics["cnn_head/val_accuracy"] = head[0].accuracy
+    metrics["cnn_head/test_accuracy"], metrics["cnn_head/f1_score"] = head[1].accuracy, head[1].f1
     metrics["summary/best_test_accuracy"] = test[best].accuracy
+    metrics[SERVED_METRIC] = metrics[f"{served}/val_accuracy"]
     per_algorithm: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         row, _, column = key.partition("/")
@@ -197,6 +138,9 @@ def summarize(
         "best_algorithm": best,
         "best_test_accuracy": test[best].accuracy,
         "selected_by": "val_accuracy",
+        "predictor": served,
+        "monitor": SERVED_METRIC,
+        "mode": "max",
         "algorithms": {name: per_algorithm[name] for name in test},
         "cnn_head": per_algorithm["cnn_head"],
     }

@@ -1,11 +1,8 @@
-"""SemiSupervisedClassifier: fine-tune a CNN on labeled images, then fit SSL algorithms on its features."""
+"""SemiSupervisedClassifier: a CNN fine-tuned on labeled images, and SSL predictors fitted on its features."""
 
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,13 +11,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules import ssl_algorithms as ssl
 from lightning_modules.backbones import build_backbone
-from lightning_modules.checkpoint_files import amend_checkpoints, checkpoint_paths
-from lightning_modules.metric_logging import log_outside_loop
+from lightning_modules.ssl_state import FittedSSL
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +23,16 @@ CHECKPOINT_KEY = "ssl"
 
 
 class SemiSupervisedClassifier(pl.LightningModule):
-    """A torchvision backbone fine-tuned on the labeled images, then label propagation & co. on its features.
+    """A torchvision backbone fine-tuned on the labeled images, and SSL predictors fitted on its features.
 
     ``fit`` fine-tunes the backbone with cross-entropy on the labeled training images (validation
-    accuracy on ``val``). At the end of ``fit`` the weights of the best checkpoint are restored (when
-    a ``ModelCheckpoint`` wrote one), features of every training image and of the validation and
-    test images are extracted, each algorithm is fitted on the training features (unlabeled images
-    carry ``-1``) and evaluated; the best one on validation accuracy is the default predictor. The
-    fitted estimators are written into that checkpoint (skops bytes in ``uint8`` tensors, loadable
-    with ``weights_only=True``), so ``load_from_checkpoint`` gives a ready predictor. ``test`` uses
-    the checkpoint's estimators (or fits them when it has none) and evaluates them again.
-
-    The scikit-learn stage runs on global rank zero, on the trainer's device and precision, and its
-    results are broadcast to the other ranks: exact under DDP (no sampler padding), at the cost of
-    the other ranks waiting for it.
+    accuracy on ``val``). The SSL stage (``callbacks.SSLStage``, run after fine-tuning on the best
+    weights) extracts features with :meth:`embed`, fits the algorithms with :meth:`fit_ssl` (label
+    propagation, label spreading and self-training in torch, on the trainer's device) and scores
+    them with :meth:`evaluate_ssl`; the best on validation accuracy is the default predictor. The
+    fitted predictors are tensors in :attr:`ssl` (training features in half precision, label
+    distributions, logistic-regression weights), saved by Lightning like any weight, so
+    ``load_from_checkpoint(weights_only=True)`` gives a ready predictor.
 
     Args:
         num_classes: Number of classes (linked from the data module).
@@ -49,7 +40,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         backbone: A torchvision classification model name (``resnet18``, ``resnet50``, ``efficientnet_b0``…).
         weights: Its pretrained weights (``IMAGENET1K_V2``, ``DEFAULT``…) or ``None`` for random init.
         algorithms: SSL algorithms to fit: ``label_propagation``, ``label_spreading``, ``self_training``.
-        kernel: Graph kernel of label propagation / spreading: ``knn`` or ``rbf``.
+        kernel: Graph kernel of label propagation / spreading: ``knn`` or ``rbf`` (dense; small sets only).
         n_neighbors: Neighbours of the ``knn`` kernel.
         gamma: Width of the ``rbf`` kernel.
         alpha: Clamping factor of label spreading.
@@ -90,17 +81,18 @@ class SemiSupervisedClassifier(pl.LightningModule):
                 f"model.init_args.predict_algorithm={predict_algorithm!r}: "
                 f"use null, cnn_head or one of {self.algorithms}."
             )
-        self.params = ssl.SSLParams(kernel, n_neighbors, gamma, alpha, max_iter, self_training_threshold)
+        try:
+            self.params = ssl.SSLParams(kernel, n_neighbors, gamma, alpha, max_iter, self_training_threshold)
+        except ValueError as error:
+            raise ValueError(f"model.init_args.{error}") from None
         self.optimizer, self.scheduler = optimizer, scheduler
         self.encoder, width = build_backbone(backbone, weights)
         self.head = nn.Linear(width, num_classes)
+        self.ssl = FittedSSL()
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.estimators: dict[str, Any] = {}
-        self.ssl_results: dict[str, ssl.SSLResult] = {}
+        self.ssl_results: dict[str, ssl.SSLResult] = {}  # test-split results per algorithm (confusion matrices)
         self.run_results: dict[str, Any] = {}
-        self._fit_started = 0.0
-        self._serialized: tuple[dict[str, Any] | None, dict[str, torch.Tensor]] = (None, {})
 
     # ------------------------------------------------------------------ network
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,19 +104,20 @@ class SemiSupervisedClassifier(pl.LightningModule):
         raw = raw.flatten(1).float()
         return F.normalize(raw, dim=1) if self.hparams.normalize_features else raw
 
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SSL features ``[B, d]`` (float32) and CNN-head logits of a batch of images."""
+        raw = self.encoder(images)
+        return self.ssl_features(raw), self.head(raw).float()
+
     def _step(self, batch: tuple, stage: str, accuracy: MulticlassAccuracy | None) -> torch.Tensor:
         images, labels, _ = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         size = len(labels)
-        self.log(
-            f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=True, batch_size=size
-        )
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=True, sync_dist=True, batch_size=size)
         if accuracy is not None:
             accuracy(logits, labels)
-            self.log(
-                f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size
-            )
+            self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size)
         return loss
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
@@ -134,7 +127,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self._step(batch, "val", self.val_accuracy)
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        self._step(batch, "test", None)  # the SSL evaluation runs once, in on_test_epoch_end
+        self._step(batch, "test", None)  # the SSL predictors are scored by the SSL stage
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
@@ -142,137 +135,56 @@ class SemiSupervisedClassifier(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
 
-    # ------------------------------------------------------------------ SSL stage
-    @torch.inference_mode()
-    def extract(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SSL features, CNN-head predictions and targets of every image of ``loader``, in its order."""
-        was_training = self.training
-        self.eval()
-        context = self._trainer.precision_plugin.forward_context() if self._trainer else nullcontext()
-        features, predictions, targets = [], [], []
-        with context:
-            for images, labels, _ in loader:
-                raw = self.encoder(images.to(self.device))
-                predictions.append(self.head(raw).argmax(1).cpu())
-                features.append(self.ssl_features(raw).cpu())
-                targets.append(labels)
-        self.train(was_training)
-        return torch.cat(features).numpy(), torch.cat(predictions).numpy(), torch.cat(targets).numpy()
+    # ------------------------------------------------------------------ SSL predictors
+    def fit_ssl(self, features: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Fit every configured algorithm on training ``features`` (``targets`` ``-1`` when unlabeled)."""
+        self.params.check_size(len(features))
+        return self.ssl.fit(self.algorithms, self.params, features, targets, self.hparams.num_classes)
 
-    def _ssl_inputs(self) -> Any:
-        datamodule = self.trainer.datamodule
-        if not all(
-            hasattr(datamodule, name) for name in ("all_train_dataloader", "ssl_targets", "train_true_labels")
-        ):
-            raise RuntimeError(
-                "SemiSupervisedClassifier needs a data module with all_train_dataloader(), ssl_targets() and "
-                "train_true_labels(), such as datamodules.GroceriesDataModule."
-            )
-        return datamodule
+    def _scores(self, name: str, features: torch.Tensor, labels: torch.Tensor) -> ssl.SSLResult:
+        predicted = self.ssl.predict(name, features, self.params)
+        return ssl.scores(labels.cpu().numpy().astype(np.int64), predicted.cpu().numpy().astype(np.int64))
 
-    def _evaluate_ssl(
-        self, fit: bool
-    ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Extract features, fit the algorithms when ``fit``, evaluate them (on one process).
+    def evaluate_ssl(
+        self,
+        val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        unlabeled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Score the fitted predictors and the CNN head; keep the results; return the metrics.
 
-        Returns:
-            Metrics, run results, test results per algorithm and of ``cnn_head``, and the estimators.
+        Args:
+            val: Validation features, CNN-head predictions and labels.
+            test: Test features, CNN-head predictions and labels.
+            unlabeled: Features and true labels of the unlabeled training images (reported only).
 
         """
-        datamodule = self._ssl_inputs()
-        started = time.perf_counter()
-        unlabeled: dict[str, ssl.SSLResult] = {}
-        if fit:
-            train_x, _, targets = self.extract(datamodule.all_train_dataloader())
-            self.estimators = ssl.fit_estimators(self.algorithms, self.params, train_x, targets)
-            hidden, truth = targets == -1, datamodule.train_true_labels()
-            unlabeled = {
-                n: ssl.evaluate(e, train_x[hidden], truth[hidden])
-                for n, e in self.estimators.items()
-                if hidden.any()
-            }
-        val_x, _, val_y = self.extract(datamodule.val_dataloader())
-        test_x, head_pred, test_y = self.extract(datamodule.test_dataloader())
-        val = {name: ssl.evaluate(estimator, val_x, val_y) for name, estimator in self.estimators.items()}
-        test = {name: ssl.evaluate(estimator, test_x, test_y) for name, estimator in self.estimators.items()}
-        head = ssl.scores(test_y, head_pred)
-        metrics, run_results = ssl.summarize(val, test, unlabeled, head)
-        targets = datamodule.ssl_targets()
-        metrics["dataset/train_samples"], metrics["dataset/test_samples"] = len(targets), len(test_y)
-        metrics["data/labeled_samples"] = int((targets >= 0).sum())
-        metrics["data/unlabeled_samples"] = int((targets < 0).sum())
-        metrics["timing/ssl_seconds"] = time.perf_counter() - started
-        return metrics, run_results, {**test, "cnn_head": head}, self.estimators
-
-    def _ssl_stage(self, fit: bool) -> dict[str, float]:
-        """Run :meth:`_evaluate_ssl` on global rank zero and share its results with every rank."""
-        payload = self._evaluate_ssl(fit) if self.trainer.is_global_zero else None
-        metrics, self.run_results, self.ssl_results, self.estimators = self.trainer.strategy.broadcast(
-            payload
+        fitted = self.ssl.fitted()
+        val_results = {name: self._scores(name, val[0], val[2]) for name in fitted}
+        test_results = {name: self._scores(name, test[0], test[2]) for name in fitted}
+        hidden = {name: self._scores(name, *unlabeled) for name in fitted} if unlabeled is not None else {}
+        head = tuple(ssl.scores(y.cpu().numpy(), p.cpu().numpy()) for _, p, y in (val, test))
+        metrics, self.run_results = ssl.summarize(
+            val_results, test_results, hidden, head, self.hparams.predict_algorithm
         )
+        self.ssl_results = {**test_results, "cnn_head": head[1]}  # the baseline's confusion matrix too
         return metrics
 
-    def on_train_start(self) -> None:
-        self.estimators = {}  # fitted on earlier features: stale once fine-tuning moves the weights
-        self._fit_started = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        fine_tune_seconds = time.perf_counter() - self._fit_started
-        checkpoint = self._restore_best_weights()
-        metrics = self._ssl_stage(fit=True)
-        metrics["timing/fine_tune_seconds"] = fine_tune_seconds
-        metrics["training/fine_tune_epochs"] = self.current_epoch
-        log_outside_loop(self.trainer, metrics)
-        if checkpoint is not None:
-            self._store_estimators(checkpoint)
-
-    def on_test_epoch_end(self) -> None:
-        if not self.estimators and self.trainer.is_global_zero:
-            log.info(
-                "No fitted SSL estimators in this model or checkpoint: fitting them on its features now."
-            )
-        self.log_dict(self._ssl_stage(fit=not self.estimators), sync_dist=True)  # equal on every rank
-
     # ------------------------------------------------------------------ checkpoints
-    def _restore_best_weights(self) -> Path | None:
-        """Load the weights of the best checkpoint of this fit; return its path (``None`` without one)."""
-        best, _ = checkpoint_paths(self.trainer)
-        if best is not None:
-            checkpoint = torch.load(best, map_location=self.device, weights_only=True)
-            self.load_state_dict(checkpoint["state_dict"])
-            if self.trainer.is_global_zero:
-                log.info(
-                    "SSL stage on the fine-tuned weights of %s (epoch %s).", best, checkpoint.get("epoch")
-                )
-        return best
-
-    def _store_estimators(self, best: Path) -> None:
-        """Add the fitted estimators to their checkpoint (and to last.ckpt when it is the same step)."""
-        if self.trainer.is_global_zero:
-            _, last = checkpoint_paths(self.trainer)
-            amend_checkpoints([best, *([last] if last else [])], self.on_save_checkpoint)
-        self.trainer.strategy.barrier()
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.get("hyper_parameters")
         if hparams and hparams.get("weights"):
             # the trained weights are in the checkpoint: loading it must not fetch the initial ones
             hparams["weights"] = None
-        if self.estimators:
-            if self._serialized[0] is not self.estimators:  # skops is slow: once per set of fitted estimators
-                self._serialized = (
-                    self.estimators,
-                    {name: ssl.to_tensor(e) for name, e in self.estimators.items()},
-                )
-            checkpoint[CHECKPOINT_KEY] = {"estimators": self._serialized[1], "run_results": self.run_results}
+        if self.run_results:
+            checkpoint[CHECKPOINT_KEY] = {"run_results": self.run_results}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get(CHECKPOINT_KEY)
-        if stored:
-            self.estimators = {
-                name: ssl.from_tensor(data, name) for name, data in stored["estimators"].items()
-            }
-            self.run_results = dict(stored["run_results"])
+        stored = checkpoint.get(CHECKPOINT_KEY) or {}
+        self.run_results = dict(stored.get("run_results") or {})
+        state = checkpoint.get("state_dict", {})
+        for name, buffer in self.ssl.state_dict(prefix="ssl.").items():
+            state.setdefault(name, buffer.new_zeros(0))  # a checkpoint from before the SSL state existed
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
@@ -288,20 +200,14 @@ class SemiSupervisedClassifier(pl.LightningModule):
 
         """
         algorithm = algorithm or self.hparams.predict_algorithm or self.run_results.get("best_algorithm")
-        raw = self.encoder(images.to(self.device))
+        features, logits = self.embed(images.to(self.device))
         if algorithm == "cnn_head":
-            probabilities = self.head(raw).float().softmax(1).cpu().numpy()
-        elif algorithm in self.estimators:
-            probabilities = ssl.predict_proba(
-                self.estimators[algorithm], self.ssl_features(raw).cpu().numpy(), self.hparams.num_classes
-            )
+            probabilities = logits.softmax(1)
         else:
-            raise RuntimeError(
-                f"no fitted SSL estimator {algorithm!r}: fit first, "
-                "load a checkpoint written at the end of fit, "
-                "or set model.init_args.predict_algorithm: cnn_head."
-            )
-        return ssl.prediction_records(probabilities, self.class_names, paths, algorithm)
+            probabilities = self.ssl.predict_proba(algorithm or "", features, self.params)
+        return ssl.prediction_records(
+            probabilities.float().cpu().numpy(), self.class_names, paths, algorithm or "cnn_head"
+        )
 
     def predict_step(self, batch: tuple, batch_idx: int) -> list[dict[str, Any]]:
         images, _, paths = batch

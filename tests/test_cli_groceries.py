@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harvest.cli import cli_main
 from lightning_modules import ssl_algorithms
+from lightning_modules.ssl_state import FittedSSL
 
 ALGORITHMS = ssl_algorithms.ALGORITHMS
 SSL_KEYS = {f"{a}/{m}" for a in ALGORITHMS for m in ("test_accuracy", "f1_score")} | {
@@ -37,14 +38,21 @@ def _summary(run_dir: Path) -> dict:
 def fit_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Records which algorithms get fitted (the real fitting still runs)."""
     calls: list[list[str]] = []
-    real = ssl_algorithms.fit_estimators
+    real = FittedSSL.fit
 
-    def recording(names: list[str], *args: object) -> dict:
+    def recording(self: FittedSSL, names: list[str], *args: object) -> dict:
         calls.append(list(names))
-        return real(names, *args)
+        return real(self, names, *args)
 
-    monkeypatch.setattr(ssl_algorithms, "fit_estimators", recording)
+    monkeypatch.setattr(FittedSSL, "fit", recording)
     return calls
+
+
+def _fitted(checkpoint: dict) -> set[str]:
+    """Algorithms whose fitted tensors a checkpoint holds."""
+    state = checkpoint["state_dict"]
+    fitted = {name for name in ALGORITHMS[:2] if state[f"ssl.{name}"].numel()}
+    return fitted | ({"self_training"} if state["ssl.self_training_weight"].numel() else set())
 
 
 def test_fast_dev_run_goes_through_the_whole_pipeline(in_tmp: Path, tiny_groceries: Path) -> None:
@@ -79,10 +87,13 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
     assert metrics["summary/best_test_accuracy"] == pytest.approx(metrics[f"{best}/test_accuracy"])
     assert set(cli.model.ssl_results) == {*ALGORITHMS, "cnn_head"} and len(cli.model.ssl_results[best].y_pred) == 15
 
-    # the estimators travel in the best checkpoint, which loads without unpickling anything
+    # the fitted predictors are tensors of the best checkpoint, which Lightning wrote again after the stage
     checkpoint = torch.load(summary["best_checkpoint"], weights_only=True)
-    assert set(checkpoint["ssl"]["estimators"]) == set(ALGORITHMS)
+    assert _fitted(checkpoint) == set(ALGORITHMS)
     assert checkpoint["ssl"]["run_results"]["best_algorithm"] == best
+    assert checkpoint["state_dict"]["ssl.features"].shape == (36, 512)  # every training image, ResNet-18
+    assert checkpoint["state_dict"]["ssl.features"].dtype == torch.float16
+    assert metrics["summary/val_accuracy"] == metrics[f"{best}/val_accuracy"]
     split = json.loads((run_dir / "data_split.json").read_text())
     assert (
         checkpoint["GroceriesDataModule"]["split"] == split and len(split["labeled"]) == 12
@@ -99,7 +110,7 @@ def test_fit_writes_summary_checkpoints_split_and_tracker_records(grocery_run: G
     assert {f"{a}/test_accuracy" for a in ALGORITHMS} <= set(events.Tags()["scalars"])
 
 
-def test_test_reuses_the_checkpoint_estimators(
+def test_test_reuses_the_checkpoint_predictors(
     in_tmp: Path, grocery_run: GroceryRun, tiny_groceries: Path, fit_calls: list
 ) -> None:
     ckpt = grocery_run.best_checkpoint
@@ -112,9 +123,11 @@ def test_test_reuses_the_checkpoint_estimators(
     for algorithm in ALGORITHMS:
         assert tested[f"{algorithm}/test_accuracy"] == pytest.approx(fitted[f"{algorithm}/test_accuracy"])
 
-    # a checkpoint without estimators (e.g. one written mid-training) gets them fitted on its features
+    # a checkpoint without fitted predictors (e.g. one written mid-training) gets them fitted on its features
     checkpoint = torch.load(ckpt, weights_only=True)
     del checkpoint["ssl"]
+    for key in [k for k in checkpoint["state_dict"] if k.startswith("ssl.")]:
+        del checkpoint["state_dict"][key]  # as written before the SSL state existed
     torch.save(checkpoint, in_tmp / "bare.ckpt")
     cli = cli_main(
         ["test", *groceries_args(tiny_groceries, "--trainer.logger", "false"), "--ckpt_path", "bare.ckpt"]
@@ -147,6 +160,16 @@ def test_without_loggers_the_summary_is_still_written_and_predict_returns_classe
     ) == pytest.approx(1)
 
 
+def test_n_neighbors_above_the_training_set_stops_before_fine_tuning(in_tmp: Path, tiny_groceries: Path) -> None:
+    args = groceries_args(tiny_groceries, "--trainer.logger", "false", "--model.n_neighbors", "36")
+    with pytest.raises(
+        ValueError, match=r"model.init_args.n_neighbors=36 needs more than that many training images \(found 36\)"
+    ):
+        cli_main(["fit", *args])
+    (run_dir,) = Path("runs").iterdir()
+    assert _summary(run_dir)["epochs_trained"] == 0 and not list(run_dir.glob("checkpoints/*.ckpt"))
+
+
 def test_real_recipe_without_data_says_where_to_put_it(in_tmp: Path) -> None:
     with pytest.raises(
         FileNotFoundError,
@@ -174,9 +197,7 @@ def test_ddp_on_cpu_fits_and_tests_with_the_ssl_stage_on_rank_zero(
     (run_dir,) = Path("runs").iterdir()
     summary = _summary(run_dir)
     assert SSL_KEYS <= set(summary["final_metrics"]) and summary["status"] == "completed"
-    assert set(torch.load(summary["best_checkpoint"], weights_only=True)["ssl"]["estimators"]) == set(
-        ALGORITHMS
-    )
+    assert _fitted(torch.load(summary["best_checkpoint"], weights_only=True)) == set(ALGORITHMS)
 
     test = [*run, "test", *args, "--run_name", "ddp_test", "--ckpt_path", summary["best_checkpoint"]]
     subprocess.run(test, env=env, check=True, capture_output=True, timeout=300)
