@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -175,8 +176,9 @@ def test_points_and_polylines_are_reported_then_skipped_or_refused(tmp_path: Pat
     with pytest.raises(DataError, match=message):
         FujiApplesDataModule(root=tmp_path, val_fraction=0, test_fraction=0).splits()
     dm = FujiApplesDataModule(root=tmp_path, val_fraction=0, test_fraction=0, on_bad_data="skip")
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match="Skipped 1 bad annotation file"):
         samples = dm.splits()["train"]
+    assert len(dm.skipped_files) == 1 and re.search(message, dm.skipped_files[0])  # named once, in the card too
     assert len(samples) == 1 and len(samples[0].instances) == 1  # the image kept, its polygon too
 
 
