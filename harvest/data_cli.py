@@ -93,7 +93,7 @@ def card_tables(card: dict[str, Any]) -> list[Table]:
         "classes": f"{card['num_classes']}: " + ", ".join(card.get("class_names", [])),
         "class imbalance": f"{balance.get('ratio')} ({balance.get('largest')} / {balance.get('smallest')})",
     }
-    for key in ("labeled_split", "instances", "mask_area", "images_without_instances"):
+    for key in ("sources", "labeled_split", "instances", "mask_area", "images_without_instances"):
         if key in card:
             rows[key.replace("_", " ")] = json.dumps(_rounded(card[key]))
     for key, value in rows.items():

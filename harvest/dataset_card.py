@@ -100,8 +100,14 @@ def short_hash(card: dict[str, Any]) -> str:
     return str(card["content_hash"])[:12]
 
 
-def sample_grid(samples: dict[str, list[Path]], path: Path, thumb: int = 96) -> Path:
-    """A PNG grid with one row of sample thumbnails per class, the class name on the left.
+#: Pixels above the rows of a sample grid, for its title.
+GRID_TITLE_HEIGHT = 20
+
+
+def sample_grid(
+    samples: dict[str, list[Path]], path: Path, thumb: int = 96, title: str = "Sample images per class"
+) -> Path:
+    """A PNG grid under a title, with one row of sample thumbnails per class, the class name on the left.
 
     Images are decoded as training sees them (:func:`harvest.image_io.read_rgb`); one that no longer
     decodes is left blank and named in the log (the grid never stops a run).
@@ -109,10 +115,12 @@ def sample_grid(samples: dict[str, list[Path]], path: Path, thumb: int = 96) -> 
     rows = [(name, images) for name, images in samples.items()]
     columns = max((len(images) for _, images in rows), default=1) or 1
     label_width = 110
-    grid = Image.new("RGB", (label_width + columns * (thumb + 4), max(1, len(rows)) * (thumb + 4)), "white")
+    size = (label_width + columns * (thumb + 4), GRID_TITLE_HEIGHT + max(1, len(rows)) * (thumb + 4))
+    grid = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(grid)
+    draw.text((4, 4), title, fill="black")
     for row, (name, images) in enumerate(rows):
-        top = row * (thumb + 4)
+        top = GRID_TITLE_HEIGHT + row * (thumb + 4)
         draw.text((4, top + thumb // 2 - 6), name[:16], fill="black")
         for column, image_path in enumerate(images):
             try:

@@ -96,7 +96,8 @@ def test_sample_grid_has_a_row_per_class(tiny_groceries: Path, tmp_path: Path) -
     samples = groceries(tiny_groceries).sample_images(per_class=2)
     grid = sample_grid(samples, tmp_path / "plots" / "grid.png", thumb=32)
     with Image.open(grid) as image:
-        assert image.size == (110 + 2 * 36, 3 * 36)
+        assert image.size == (110 + 2 * 36, 20 + 3 * 36)  # a title above a row per class
+        assert min(image.crop((0, 0, 110, 20)).convert("L").getdata()) < 100  # the title's text
 
 
 def test_fuji_card_has_instances_and_mask_areas(tiny_orchard: Path) -> None:

@@ -195,3 +195,37 @@ def test_a_region_attribute_names_the_class(tmp_path: Path) -> None:
     assert dm.describe()["splits"]["train"]["per_class"] == {"apple": 2, "leaf": 2}
     other = FujiApplesDataModule(root=tmp_path, class_names=["background", "apple"], class_attribute="type")
     assert any("class 'leaf' (region attribute 'type') is not in data.class_names" in p for p in other.check())
+
+
+# ---------------------------------------------------------------------- COCO errors
+def test_coco_errors_name_the_file_the_image_id_and_the_key(tmp_path: Path) -> None:
+    path = coco(tmp_path / "annotations.json", ["a.jpg", "b.jpg"], tmp_path / "images")
+    data = json.loads(path.read_text())
+    del data["images"][1]["file_name"]
+    del data["annotations"][0]["category_id"]
+    path.write_text(json.dumps(data))
+    problems = FujiApplesDataModule(root=tmp_path).check()
+    assert any(p.startswith(f"{path}: image id 2 has no 'file_name'") for p in problems)
+    assert any(p.startswith(f"{path}, image id 1, annotation id 1: no 'category_id'") for p in problems)
+    del data["categories"]
+    path.write_text(json.dumps(data))
+    (line,) = FujiApplesDataModule(root=tmp_path).check()  # one line for the file, not one per annotation
+    assert line.startswith(f"{path}: no 'categories' list")
+
+
+def test_crowd_annotations_are_kept_for_evaluation_but_never_trained_on(tmp_path: Path) -> None:
+    crowd = {"size": [H, W], "counts": [H * 20, H * 10, H * (W - 30)]}  # columns 20..29, uncompressed
+    for split in ("train", "val"):
+        path = coco(tmp_path / split / "annotations.json", ["a.jpg"], tmp_path / split / "images")
+        data = json.loads(path.read_text())
+        data["annotations"].append({"id": 9, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": crowd})
+        data["annotations"][0].update(area=77.5, bbox=[2, 2, 10, 8])
+        path.write_text(json.dumps(data))
+    dm = FujiApplesDataModule(root=tmp_path, test_fraction=0, num_workers=0)
+    dm.setup("fit")
+    for split in ("train", "val"):
+        assert dm.datasets[split][0][1]["labels"].tolist() == [1]  # the crowd region is no training target
+    annotations = dm.datasets["val"][0][1]["coco"]["annotations"]
+    assert [a["iscrowd"] for a in annotations] == [0, 1] and annotations[0]["area"] == 77.5
+    assert annotations[1]["area"] == H * 10 and annotations[0]["bbox"] == [2, 2, 10, 8]
+    assert "coco" not in dm.datasets["train"][0][1]
