@@ -82,9 +82,18 @@ def _all_lists(p: Parameter) -> bool:
 
 
 def full_key(key: str, config: Namespace) -> str:
-    """``key`` as written in full (``data.batch_size`` -> ``data.init_args.batch_size``)."""
+    """The config key an override sets, written in full (``data.batch_size`` -> ``data.init_args.batch_size``).
+
+    An override inside a list item (``--trainer.callbacks.monitor``) sets the whole list (``trainer.callbacks``).
+    """
     keys = fit_keys(config)
-    return key if key in keys else {_short(k): k for k in keys}.get(_short(key), key)
+    by_short = {_short(k): k for k in keys}
+    part = key
+    while part:
+        if part in keys or _short(part) in by_short:
+            return part if part in keys else by_short[_short(part)]
+        part = part.rpartition(".")[0]
+    return key
 
 
 def override_keys(extra: list[str]) -> list[str]:

@@ -69,7 +69,9 @@ def _summary(trial: dict) -> dict:
 
 
 def test_trials_record_what_they_ran_and_best_yaml_reruns_the_best_exactly(toy_config: Path) -> None:
-    results = _run(toy_config, _sweep(toy_config.parent), "--trials", "8", "--", "--trainer.max_epochs=2")
+    early_stopping = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
+    fixed = ["--trainer.max_epochs=2", *early_stopping, "--trainer.callbacks.patience=100"]
+    results = _run(toy_config, _sweep(toy_config.parent), "--trials", "8", "--", *fixed)
 
     trials = results["trials"]
     # six distinct configurations: a random search over them runs each once, not 8 trials with repeats
@@ -77,13 +79,15 @@ def test_trials_record_what_they_ran_and_best_yaml_reruns_the_best_exactly(toy_c
     for trial in trials:
         summary = _summary(trial)
         assert summary["epochs_trained"] == 2  # the fixed override, and the record says so
-        assert trial["effective"] == {**trial["params"], "trainer.max_epochs": 2}
+        effective = trial["effective"]
+        assert effective.pop("trainer.callbacks")[-1]["init_args"]["patience"] == 100  # an override inside a list
+        assert effective == {**trial["params"], "trainer.max_epochs": 2}
         assert summary["final_metrics"]["val/loss"] == pytest.approx(trial["value"])
     best = min(trials, key=lambda t: t["value"])
     assert results["best"]["number"] == best["number"]
 
     best_yaml = Path("runs/sweeps/toy_sweep/best.yaml")
-    assert yaml.safe_load(best_yaml.read_text())["trainer"] == {"max_epochs": 2}
+    assert yaml.safe_load(best_yaml.read_text())["trainer"]["max_epochs"] == 2
     clear_run_name()
     rerun = cli_main(["fit", "--config", str(toy_config), "--config", str(best_yaml)])
     assert float(rerun.trainer.callback_metrics["val/loss"]) == best["value"]  # deterministic: the same number
