@@ -166,3 +166,9 @@ def test_shipped_sweeps_select_on_validation_metrics(name: str) -> None:
     assert spec.metric.startswith("val"), f"{name} selects on {spec.metric}, not a validation metric"
     assert spec.early_terminate.get("type") == "hyperband" and "monitor" not in spec.early_terminate
     assert (REPO / "configs" / "sweeps" / name).is_file()
+
+
+def test_an_override_harvest_fit_refuses_fails_in_one_line() -> None:
+    with pytest.raises(SweepConfigError, match=r"unrecognized arguments: --trainer\.maxx_epochs=1$") as error:
+        parse_fit_config(RECIPE, ["--trainer.maxx_epochs=1"])
+    assert "\n" not in str(error.value)
