@@ -162,3 +162,21 @@ def test_a_test_metric_warns_in_one_line(toy_config: Path, sweep_log: pytest.Log
         _run(toy_config, sweep, "--trials", "1", "--", "--trainer.max_epochs=1")
     (line,) = [r.getMessage() for r in sweep_log.records if "a test metric" in r.getMessage()]
     assert "selects on toy/test_accuracy" in line and "\n" not in line
+
+
+def test_a_configuration_tpe_proposes_again_is_not_trained_again(toy_config: Path) -> None:
+    space = {"model.init_args.lr": {"values": [0.5, 1.0]}, "data.init_args.batch_size": {"values": [16]}}
+    sweep = _sweep(toy_config.parent, method="bayes", parameters=space)
+    results = _run(toy_config, sweep, "--trials", "4", "--", "--trainer.max_epochs=1")
+
+    trials = results["trials"]
+    assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
+    repeats = [t for t in trials if t["same_as"] is not None]
+    assert len(repeats) == 2  # two distinct configurations, four trials
+    for trial in repeats:
+        first = trials[trial["same_as"]]
+        assert first["same_as"] is None and first["params"] == trial["params"] and first["value"] == trial["value"]
+        assert trial["run_name"] == first["run_name"]
+    assert sorted(p.name for p in Path("runs").iterdir() if p.name != "sweeps") == sorted(
+        t["run_name"] for t in trials if t["same_as"] is None
+    )
