@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
-from callbacks.mlflow_tracking import server_problem
+from callbacks.mlflow_tracking import server_problem, tracking_uri
 from harvest.tracking import loggers_of
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class SweepGroup(Callback):
     def _parent_run(self, logger: MLFlowLogger) -> str:
         from mlflow import MlflowClient
 
-        uri, experiment = str(logger._tracking_uri), logger._experiment_name
+        uri, experiment = tracking_uri(logger), logger._experiment_name
         key = (uri, experiment, self.study)
         if key not in self._parents:
             problem = server_problem(uri, timeout=5.0)

@@ -8,6 +8,7 @@ of a swept key is caught, and each trial's effective values can be read back fro
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 from harvest.cli import HarvestCLI
+from harvest.errors import first_line
 from harvest.sweep_space import Parameter, SweepConfigError, SweepSpec
 
 _FLAG = re.compile(r"^--([A-Za-z_][\w.]*[\w])\+?(?:=|$)")
@@ -35,9 +37,18 @@ class _ParseOnly(HarvestCLI):
 
 
 def parse_fit_config(configs: list[str], extra: list[str]) -> Namespace:
-    """The ``harvest fit`` configuration of ``--config`` files plus ``extra`` arguments, parsed only."""
+    """The ``harvest fit`` configuration of ``--config`` files plus ``extra`` arguments, parsed only.
+
+    Raises:
+        SweepConfigError: ``harvest fit`` refuses them; the message is the parser's first line.
+    """
     args = [a for c in configs for a in ("--config", c)] + list(extra)
-    return _ParseOnly(args=args, run=False).config
+    try:
+        return _ParseOnly(args=args, run=False, parser_kwargs={"exit_on_error": False}).config
+    except argparse.ArgumentError as error:
+        raise SweepConfigError(
+            f"harvest fit refuses the sweep's configs and overrides ({' '.join(args)}): {first_line(error)}"
+        ) from None
 
 
 def fit_keys(config: Namespace) -> list[str]:
@@ -82,9 +93,21 @@ def _all_lists(p: Parameter) -> bool:
 
 
 def full_key(key: str, config: Namespace) -> str:
-    """``key`` as written in full (``data.batch_size`` -> ``data.init_args.batch_size``)."""
+    """The config key an override sets, written in full (``data.batch_size`` -> ``data.init_args.batch_size``).
+
+    An override inside a list item (``--trainer.callbacks.monitor``) sets the whole list (``trainer.callbacks``).
+    """
     keys = fit_keys(config)
-    return key if key in keys else {_short(k): k for k in keys}.get(_short(key), key)
+    by_short = {_short(k): k for k in keys}
+    part = key
+    while part:
+        if part in keys or _short(part) in by_short:
+            return part if part in keys else by_short[_short(part)]
+        abbreviated = [k for k in keys if k.startswith(part)]  # argparse takes a unique prefix
+        if len(abbreviated) == 1:
+            return abbreviated[0]
+        part = part.rpartition(".")[0]
+    return key
 
 
 def override_keys(extra: list[str]) -> list[str]:
@@ -98,9 +121,8 @@ def check_conflicts(spec: SweepSpec, extra: list[str], config: Namespace) -> Non
     Raises:
         SweepConfigError: Naming the override, the swept key and the two ways out.
     """
-    by_short = {_short(k): k for k in fit_keys(config)}
     for fixed in override_keys(extra):
-        full = by_short.get(_short(fixed), fixed)
+        full = full_key(fixed, config)
         for p in spec.parameters:
             if full == p.key or p.key.startswith(full + ".") or full.startswith(p.key + "."):
                 raise SweepConfigError(

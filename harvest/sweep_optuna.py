@@ -59,6 +59,10 @@ def hyperband(spec: SweepSpec, config: Namespace) -> Any:
     if not early:
         return optuna.pruners.NopPruner()
     eta = early.get("eta", 3)
+    if eta != int(eta):
+        raise SweepConfigError(f"{spec.path}: early_terminate.eta {eta} must be a whole number for Optuna's Hyperband")
+    if "strict" in early:
+        log.info("%s: early_terminate.strict is W&B's own; Optuna's Hyperband has no such option.", spec.path)
     epochs = _max_epochs(spec, config)
     if "min_iter" in early:
         min_resource = int(early["min_iter"])
@@ -80,7 +84,7 @@ def hyperband(spec: SweepSpec, config: Namespace) -> Any:
         max_resource,
     )
     return optuna.pruners.HyperbandPruner(
-        min_resource=min_resource, max_resource=max_resource, reduction_factor=int(eta) if eta == int(eta) else eta
+        min_resource=min_resource, max_resource=max_resource, reduction_factor=int(eta)
     )
 
 
@@ -117,7 +121,7 @@ def _progress(spec: SweepSpec, total: int) -> Any:
             outcome = f"{spec.metric}={_short(trial.value)}"
             outcome += f" (same values as trial {same}: not run again)" if same is not None else ""
         else:
-            outcome = f"{trial.state.name.lower()}: {trial.user_attrs.get('error', '')}"
+            outcome = trial.state.name.lower()
         log.info("sweep %s trial %d (of %d): %s -> %s", study.study_name, trial.number, total, values, outcome)
 
     return report

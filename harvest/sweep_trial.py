@@ -18,6 +18,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from callbacks.mlflow_tracking import tracking_uri
 from callbacks.model_registry_upload import ModelRegistryUpload
 from callbacks.training_summary import scalar_metrics
 from harvest.cli import HarvestCLI
@@ -65,7 +66,7 @@ def _drop_registry(cli: HarvestCLI) -> tuple[str | None, list[str]]:
         trainer.callbacks.remove(callback)
     mlflow = loggers_of(trainer, MLFlowLogger)
     uri = next((c.tracking_uri for c in registry if c.tracking_uri), None)
-    uri = uri or (str(mlflow[0]._tracking_uri) if mlflow else None)
+    uri = uri or (tracking_uri(mlflow[0]) if mlflow else None)
     return uri, [c.name for c in registry]
 
 

@@ -166,3 +166,29 @@ def test_shipped_sweeps_select_on_validation_metrics(name: str) -> None:
     assert spec.metric.startswith("val"), f"{name} selects on {spec.metric}, not a validation metric"
     assert spec.early_terminate.get("type") == "hyperband" and "monitor" not in spec.early_terminate
     assert (REPO / "configs" / "sweeps" / name).is_file()
+
+
+def test_an_override_harvest_fit_refuses_fails_in_one_line() -> None:
+    with pytest.raises(SweepConfigError, match=r"unrecognized arguments: --trainer\.maxx_epochs=1$") as error:
+        parse_fit_config(RECIPE, ["--trainer.maxx_epochs=1"])
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("early", "epochs", "expected"),
+    [
+        ({"min_iter": 1, "eta": 2}, 3, (1, 3, 2)),
+        ({"min_iter": 2}, 10, (2, 10, 3)),  # W&B's default eta is 3
+        ({"max_iter": 27, "s": 2, "eta": 3}, 30, (3, 27, 3)),  # first rung max_iter / eta**s
+    ],
+)
+def test_wandb_hyperband_maps_to_optunas_hyperband_pruner(
+    tmp_path: Path, early: dict, epochs: int, expected: tuple
+) -> None:
+    from jsonargparse import Namespace
+
+    from harvest.sweep_optuna import hyperband
+
+    spec = load_sweep(_write(tmp_path, yaml.safe_dump({**VALID, "early_terminate": {"type": "hyperband", **early}})))
+    pruner = hyperband(spec, Namespace(trainer=Namespace(max_epochs=epochs)))
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == expected

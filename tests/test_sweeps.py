@@ -69,7 +69,9 @@ def _summary(trial: dict) -> dict:
 
 
 def test_trials_record_what_they_ran_and_best_yaml_reruns_the_best_exactly(toy_config: Path) -> None:
-    results = _run(toy_config, _sweep(toy_config.parent), "--trials", "8", "--", "--trainer.max_epochs=2")
+    early_stopping = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"]
+    fixed = ["--trainer.max_epochs=2", *early_stopping, "--trainer.callbacks.patience=100"]
+    results = _run(toy_config, _sweep(toy_config.parent), "--trials", "8", "--", *fixed)
 
     trials = results["trials"]
     # six distinct configurations: a random search over them runs each once, not 8 trials with repeats
@@ -77,13 +79,15 @@ def test_trials_record_what_they_ran_and_best_yaml_reruns_the_best_exactly(toy_c
     for trial in trials:
         summary = _summary(trial)
         assert summary["epochs_trained"] == 2  # the fixed override, and the record says so
-        assert trial["effective"] == {**trial["params"], "trainer.max_epochs": 2}
+        effective = trial["effective"]
+        assert effective.pop("trainer.callbacks")[-1]["init_args"]["patience"] == 100  # an override inside a list
+        assert effective == {**trial["params"], "trainer.max_epochs": 2}
         assert summary["final_metrics"]["val/loss"] == pytest.approx(trial["value"])
     best = min(trials, key=lambda t: t["value"])
     assert results["best"]["number"] == best["number"]
 
     best_yaml = Path("runs/sweeps/toy_sweep/best.yaml")
-    assert yaml.safe_load(best_yaml.read_text())["trainer"] == {"max_epochs": 2}
+    assert yaml.safe_load(best_yaml.read_text())["trainer"]["max_epochs"] == 2
     clear_run_name()
     rerun = cli_main(["fit", "--config", str(toy_config), "--config", str(best_yaml)])
     assert float(rerun.trainer.callback_metrics["val/loss"]) == best["value"]  # deterministic: the same number
@@ -158,3 +162,21 @@ def test_a_test_metric_warns_in_one_line(toy_config: Path, sweep_log: pytest.Log
         _run(toy_config, sweep, "--trials", "1", "--", "--trainer.max_epochs=1")
     (line,) = [r.getMessage() for r in sweep_log.records if "a test metric" in r.getMessage()]
     assert "selects on toy/test_accuracy" in line and "\n" not in line
+
+
+def test_a_configuration_tpe_proposes_again_is_not_trained_again(toy_config: Path) -> None:
+    space = {"model.init_args.lr": {"values": [0.5, 1.0]}, "data.init_args.batch_size": {"values": [16]}}
+    sweep = _sweep(toy_config.parent, method="bayes", parameters=space)
+    results = _run(toy_config, sweep, "--trials", "4", "--", "--trainer.max_epochs=1")
+
+    trials = results["trials"]
+    assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
+    repeats = [t for t in trials if t["same_as"] is not None]
+    assert len(repeats) == 2  # two distinct configurations, four trials
+    for trial in repeats:
+        first = trials[trial["same_as"]]
+        assert first["same_as"] is None and first["params"] == trial["params"] and first["value"] == trial["value"]
+        assert trial["run_name"] == first["run_name"]
+    assert sorted(p.name for p in Path("runs").iterdir() if p.name != "sweeps") == sorted(
+        t["run_name"] for t in trials if t["same_as"] is None
+    )
