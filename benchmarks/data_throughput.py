@@ -190,15 +190,11 @@ def main() -> None:
         )
         grocery_after = per_item_ms(new.__getitem__, len(groceries), args.epochs)
 
-        images = sorted(root.rglob("*.jpg")) * 8
         cpus = len(os.sched_getaffinity(0))
-        check = {}
-        for workers in (1, cpus):
-            started, cpu = time.perf_counter(), time.process_time()
-            check_images(images, workers=workers)
-            check[workers] = (time.perf_counter() - started) * 1000 / len(images)
-            if workers == 1:
-                check_cpu = (time.process_time() - cpu) * 1000 / len(images)
+        checks = {
+            "Fuji photos": time_check(sorted(root.rglob("*.jpg")) * 8, cpus),
+            "grocery photos": time_check(groceries * 4, cpus),
+        }
 
     print(f"\none core (torch threads 1): median CPU time per training sample over {args.epochs} epochs\n")
     print("| pipeline: training sample | before | after | speed-up | images/s/core after |")
@@ -207,12 +203,22 @@ def main() -> None:
     print(row("Fuji, the same: first epoch (decodes, fills the cache)", fuji_before, fuji_first))
     print(row("Fuji, the same: `image_cache: false`", fuji_before, fuji_uncached))
     print(row("groceries, 1024x768 JPEG to 224 px", grocery_before, grocery_after))
-    load = os.getloadavg()[0]
-    print(
-        f"\nup-front decode check of {len(images)} Fuji photos: {check_cpu:.1f} ms CPU per image; wall "
-        f"{check[1]:.1f} ms per image in one process, {check[cpus]:.1f} ms with {cpus} processes "
-        f"({check[1] / check[cpus]:.2f}x; load average {load:.1f} on {os.cpu_count()} CPUs)"
-    )
+    print(f"\nup-front decode check, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(f"| files | CPU per file | wall per file, 1 process | wall per file, {cpus} processes | ratio |")
+    print("|---|---|---|---|---|")
+    for name, (files, cpu, serial, parallel) in checks.items():
+        print(f"| {files} {name} | {cpu:.1f} ms | {serial:.1f} ms | {parallel:.1f} ms | {serial / parallel:.2f}x |")
+
+
+def time_check(images: list[Path], cpus: int) -> tuple[int, float, float, float]:
+    """``(files, CPU ms per file in one process, wall ms per file in one process, wall ms with cpus)``."""
+    out = [len(images)]
+    for workers in (1, cpus):
+        started, cpu = time.perf_counter(), time.process_time()
+        check_images(images, workers=workers)
+        wall = (time.perf_counter() - started) * 1000 / len(images)
+        out += [(time.process_time() - cpu) * 1000 / len(images), wall] if workers == 1 else [wall]
+    return tuple(out)  # type: ignore[return-value]
 
 
 if __name__ == "__main__":
