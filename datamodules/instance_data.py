@@ -140,8 +140,8 @@ class InstanceDataset(Dataset):
     An image is decoded (a JPEG at a reduced scale when that still covers its load size) and resized once
     to its load size, the largest the transforms can need; its masks are rasterised at that size from the
     polygons (scaled), never at the photo's full size. What does not change between epochs is kept: the
-    masks and boxes as compact RLEs in memory, the loaded image in ``cache_dir`` (shared by the loader's
-    worker processes). The transforms then move image, boxes and masks together.
+    masks cropped to their boxes, and the boxes, in memory; the loaded image in ``cache_dir`` (shared by
+    the loader's worker processes). The transforms then move image, boxes and masks together.
 
     Args:
         samples: The annotated images.
@@ -169,7 +169,7 @@ class InstanceDataset(Dataset):
         self.on_bad_data = on_bad_data
         self.cache_dir = cache_dir
         self.skipped: set[Path] = set()
-        self._targets: dict[int, tuple[list[dict[str, Any]], torch.Tensor]] = {}
+        self._targets: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -208,21 +208,25 @@ class InstanceDataset(Dataset):
             _save_atomic(cached, pixels)
         return torch.from_numpy(pixels)
 
-    def load_target(self, index: int) -> tuple[list[dict[str, Any]], torch.Tensor]:
-        """Instance RLEs (of the transposed masks) and ``float32[N, 4]`` xyxy boxes at the load size.
+    def load_target(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each instance's mask cropped to its box, and ``float32[N, 4]`` xyxy boxes, at the load size.
 
-        Computed once, then kept. The RLEs describe each mask transposed, because pycocotools decodes
-        column-major: so decoded, the masks come out as ``[N, H, W]`` in row-major order without a copy.
+        Computed once, then kept: the crops are small, and pasting them into zeros costs a fraction of
+        decoding whole masks every epoch.
         """
         if index not in self._targets:
             sample = self.samples[index]
             width, height = self._size(sample)
-            rles = _transposed_rles(sample, width, height)
+            rles = rles_at(sample, width, height)
             boxes = torch.zeros((len(rles), 4), dtype=torch.float32)
+            crops = []
             if rles:
-                y, x, h, w = torch.from_numpy(mask_utils.toBbox(rles)).float().unbind(1)
-                boxes = torch.stack([x, y, x + w, y + h], dim=1)
-            self._targets[index] = (rles, boxes)
+                x, y, w, h = torch.from_numpy(mask_utils.toBbox(rles)).float().unbind(1)
+                boxes = torch.stack([x, y, x + w, y + h], dim=1)  # COCO's x2 = last column + 1
+                masks = torch.from_numpy(mask_utils.decode(rles)).permute(2, 0, 1)
+                corners = boxes.int().tolist()
+                crops = [m[y0:y1, x0:x1].clone() for m, (x0, y0, x1, y1) in zip(masks, corners, strict=True)]
+            self._targets[index] = (crops, boxes)
         return self._targets[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -241,12 +245,10 @@ class InstanceDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = tv_tensors.Image(self.load_image(index))
         height, width = image.shape[-2:]
-        rles, boxes = self.load_target(index)
-        masks = (
-            torch.from_numpy(mask_utils.decode(rles).transpose(2, 1, 0))  # row-major already: no copy
-            if rles
-            else torch.zeros((0, height, width), dtype=torch.uint8)
-        )
+        crops, boxes = self.load_target(index)
+        masks = torch.zeros((len(crops), height, width), dtype=torch.uint8)
+        for mask, crop, (x0, y0, _, _) in zip(masks, crops, boxes.int().tolist(), strict=True):
+            mask[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([inst.label for inst in self.samples[index].instances], dtype=torch.int64),
@@ -266,11 +268,6 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     except OSError as err:  # a full or read-only cache folder costs speed, never the run
         log.debug("Image cache: could not write %s (%s)", path, err)
         tmp.unlink(missing_ok=True)
-
-
-def _transposed_rles(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:
-    """One RLE per instance of its mask at ``width`` x ``height`` (as :func:`rles_at`), transposed."""
-    return [mask_utils.encode(np.asfortranarray(mask_utils.decode(rle).T)) for rle in rles_at(sample, width, height)]
 
 
 def rles_at(sample: Sample, width: int, height: int) -> list[dict[str, Any]]:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import copy_of, fuji_args, groceries_args
 from PIL import Image
 
 from datamodules.image_folder import ImageDataset, build_transform
 from datamodules.instance_data import InstanceDataset, Sample
 from harvest.cli import main
-from harvest.image_io import read_rgb
+from harvest.image_io import BadImageError, read_rgb
 
 TRAIN = "1-Mask-set/training_images_and_annotations"
 QUIET = ["--trainer.logger", "false"]
@@ -236,3 +237,22 @@ def test_data_check_warns_on_what_it_converted(
         assert any(str(path) in line and "converted on reading" in line for line in warnings), (kind, out)
     assert any("16-bit grayscale scaled to 8 bits" in line for line in warnings)
     assert any("EXIF orientation applied" in line for line in warnings)
+
+
+def test_a_file_that_breaks_during_the_run_is_skipped_once_or_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [noise_image(tmp_path / f"{i}.jpg", (40, 30), seed=i) for i in range(3)]
+    to_tensor = build_transform(24, train=False, augmentations=[], crop_scale=(1, 1)).transforms[0]
+    grocery = ImageDataset([(p, i) for i, p in enumerate(paths)], to_tensor, on_bad_data="skip")
+    fuji = InstanceDataset([Sample(p, p, 40, 30) for p in paths], on_bad_data="skip")
+    truncated(paths[1])  # after the check at the start
+    monkeypatch.setattr(logging.getLogger("datamodules"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        assert [grocery[1][1] for _ in range(3)] == [2, 2, 2]  # the next image stands in
+        assert all(torch.equal(fuji[1][0], fuji[2][0]) for _ in range(3))
+    assert caplog.text.count(f"Skipping {paths[1]} ") == 2  # once per dataset, not once per item
+    with pytest.raises(BadImageError, match=f"^{paths[1]}: cannot read image"):
+        ImageDataset([(paths[1], 0)], to_tensor)[0]
+    with pytest.raises(BadImageError, match=f"^{paths[1]}: cannot read image"):
+        InstanceDataset([Sample(paths[1], paths[1], 40, 30)])[0]
