@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -61,11 +62,17 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class Sides:
-    """Per side (``"harvest"``, ``"bare"``): seconds per step, images per step, peak CUDA memory."""
+    """Per side (``"harvest"``, ``"bare"``): wall and CPU seconds per step, images, peak CUDA memory.
+
+    ``pairs`` holds (Harvest, bare) wall seconds of the same step: the two ran back to back, under
+    the same load, so the median of their ratios is the steadiest figure on a shared machine.
+    """
 
     seconds: dict[str, list[float]] = field(default_factory=lambda: {"harvest": [], "bare": []})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {"harvest": [], "bare": []})
     images: dict[str, int] = field(default_factory=lambda: {"harvest": 0, "bare": 0})
     peak_bytes: dict[str, int] = field(default_factory=lambda: {"harvest": 0, "bare": 0})
+    pairs: list[tuple[float, float]] = field(default_factory=list)
 
 
 class BareStep:
@@ -122,8 +129,8 @@ class Interleaved(pl.Callback):
         self._started: float | None = None
         self.sides = Sides()
         self.bare: BareStep | None = None
-        self._last: tuple[int, float] | None = None
-        self._bare_seconds = 0.0
+        self._last: tuple[int, float, float] | None = None
+        self._bare_seconds = self._bare_cpu = 0.0
         self._steps = 0
         self._images = 0
 
@@ -137,12 +144,15 @@ class Interleaved(pl.Callback):
             torch.cuda.reset_peak_memory_stats(device)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self._last is not None and self._last[0] == trainer.current_epoch and self._steps > self.warmup:
-            self.sides.seconds["harvest"].append(now - self._last[1] - self._bare_seconds)
+            harvest = now - self._last[1] - self._bare_seconds
+            self.sides.seconds["harvest"].append(harvest)
+            self.sides.cpu["harvest"].append(cpu - self._last[2] - self._bare_cpu)
+            self.sides.pairs.append((harvest, self._bare_seconds))
             self.sides.images["harvest"] += self._images
         self._images = len(batch[0])
-        self._last = (trainer.current_epoch, time.perf_counter())
+        self._last = (trainer.current_epoch, time.perf_counter(), time.process_time())
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
@@ -150,14 +160,15 @@ class Interleaved(pl.Callback):
         assert self.bare is not None
         sync(pl_module.device)
         self._peak("harvest", pl_module.device)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         images = self.bare()
         sync(pl_module.device)
-        self._bare_seconds = time.perf_counter() - started
+        self._bare_seconds, self._bare_cpu = time.perf_counter() - started, time.process_time() - cpu
         self._peak("bare", pl_module.device)
         self._steps += 1
         if self._steps > self.warmup:
             self.sides.seconds["bare"].append(self._bare_seconds)
+            self.sides.cpu["bare"].append(self._bare_cpu)
             self.sides.images["bare"] += images
         self._started = self._started or started
         timed = self._steps - self.warmup
@@ -191,6 +202,11 @@ def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
     """Mean without the slowest ``cut`` share (other jobs' bursts on a shared machine)."""
     kept = sorted(values)[: max(1, round(len(values) * (1 - cut)))]
     return sum(kept) / len(kept)
+
+
+def paired_ratio(sides: Sides) -> float:
+    """Median over steps of Harvest's step time over the bare step run right after it."""
+    return statistics.median(harvest / bare for harvest, bare in sides.pairs) if sides.pairs else float("nan")
 
 
 def images_per_second(sides: Sides, side: str) -> float:

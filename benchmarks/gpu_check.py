@@ -50,6 +50,7 @@ PLAN: list[tuple[str, int]] = [
 ]
 TOTAL_S = 470
 STARTUP_S = 20  # a step's process start-up (imports, CUDA, model build) inside its limit
+TEARDOWN_S = 15  # after measuring: one validation batch, checkpoints, the grocery SSL stage
 DRY_SLACK = 4  # a dry run's limits are this many times longer: a shared CPU starts processes slowly
 COLUMNS = ("measurement", "precision", "batch", "images/s", "bare loop images/s", "step time Harvest ÷ bare",
            "peak GPU memory (Harvest / bare)")  # fmt: skip
@@ -90,7 +91,7 @@ def _isolated(name: str, ctx: steps.Context, dry: bool, limit: float) -> dict[st
     """Run one step in its own process (own session, killed with its children past ``limit``)."""
     out = ctx.workspace / f"{name.replace(':', '_')}.json"
     command = [sys.executable, __file__, "--step", name, "--workspace", str(ctx.workspace),
-               "--budget", str(max(5.0, limit - STARTUP_S)), *(["--dry-run"] if dry else [])]  # fmt: skip
+               "--budget", str(ctx.budget_s), *(["--dry-run"] if dry else [])]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True, cwd=REPO)  # fmt: skip
     try:
@@ -139,7 +140,8 @@ def check(
         if left < 10:
             results.append({"rows": [], "notes": [f"{name}: skipped, the {total_s:.0f} s of the check are spent"]})
             continue
-        budget = min(limit, left) - (STARTUP_S if isolate else 0)
+        overhead = (10 if name in ("ssl", "pytest") else STARTUP_S + TEARDOWN_S) if isolate else 0
+        budget = min(limit, left) - overhead  # what the step itself may spend measuring
         ctx = steps.Context(sizes, workspace, device, budget_s=max(5.0, budget))
         result = (
             _isolated(name, ctx, dry, min(limit, left)) if isolate else _in_process(name, ctx, dry, largest)

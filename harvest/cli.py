@@ -3,7 +3,7 @@
 ``harvest fit|validate|test|predict --config …`` are Lightning's, with model and data in subclass
 mode, ``data.num_classes`` / ``data.class_names`` linked into the model, the run laid out in one
 directory and autocast precisions falling back to ``32-true`` where the machine cannot run them fast.
-``harvest registry|data|sweep|monitor …`` are Harvest's tools (see ``harvest <tool> --help``).
+``harvest registry|data|sweep|monitor|runs …`` are Harvest's tools (see ``harvest <tool> --help``).
 """
 
 from __future__ import annotations
