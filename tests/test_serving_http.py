@@ -83,3 +83,28 @@ def _data_config(model: Registered) -> dict:
         "class_path": f"{type(datamodule).__module__}.{type(datamodule).__name__}",
         "init_args": {"image_size": datamodule.image_size},
     }
+
+
+@pytest.mark.slow
+def test_a_served_model_runs_the_harvest_code_it_carries(
+    grocery_model: Registered,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Loaded in a process without this checkout on its path, the model imports Harvest from its own copy."""
+    from harvest.registry import open_registry
+
+    package = open_registry(grocery_model.uri).download(grocery_model.ref, tmp_path / "dl")
+    model_dir = package.parents[1]
+    script = (
+        "import json, sys, mlflow.pyfunc, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({str(model_dir)!r})\n"
+        f"out = model.predict(pd.DataFrame({{'image': [{str(grocery_model.images[0])!r}]}}))\n"
+        "import harvest\n"
+        "print(json.dumps({'harvest': harvest.__file__, 'class_name': out[0]['class_name']}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["harvest"].startswith(str(model_dir / "code"))
+    assert answer["class_name"] in grocery_model.cli.datamodule.class_names
