@@ -1,4 +1,4 @@
-"""``harvest registry``: register, list, compare, promote, load and download models.
+"""``harvest registry``: register, list, compare, promote, load, download, predict with, export and serve models.
 
 Examples::
 
@@ -11,6 +11,7 @@ Examples::
     harvest registry download fuji-maskrcnn@production --dst models/
     harvest registry predict grocery-ssl-classifier@production --images incoming/ --output predictions.jsonl
     harvest registry predict fuji-maskrcnn@production --images orchard/ --coco detections.json --overlays overlays/
+    harvest registry export grocery-ssl-classifier@production --format onnx --output grocer.onnx
     harvest registry serve grocery-ssl-classifier@production --port 5001
 
 The registry is MLflow's at ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="harvest registry",
-        description="Register, list, compare, promote, load and download trained models.",
+        description="Register, compare, promote and load trained models; predict with, export and serve them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(__doc__ or "").split("\n", 2)[2].replace("Examples::", "examples:"),
     )

@@ -16,6 +16,7 @@ import pytest
 from conftest import GroceryRun, clear_run_name, forget_mlflow_stores, fuji_args
 from registry_testing import migrated_store  # noqa: F401 - fixture
 
+from harvest.model_cache import CACHE_ENV
 from harvest.registry import open_registry
 
 
@@ -35,6 +36,20 @@ def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+@pytest.fixture
+def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model cache of this test's own (``$HARVEST_MODEL_CACHE``), not the user's."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "model-cache"))
+    return tmp_path / "model-cache"
+
+
+def _store(factory: pytest.TempPathFactory, name: str, migrated: Path) -> tuple[Path, str]:
+    """A new folder holding a copy of the migrated MLflow store, and the store's URI."""
+    workdir = factory.mktemp(name)
+    shutil.copy(migrated, workdir / "registry.db")
+    return workdir, f"sqlite:///{workdir / 'registry.db'}"
+
+
 @pytest.fixture(scope="session")
 def grocery_model(
     tmp_path_factory: pytest.TempPathFactory,
@@ -43,9 +58,7 @@ def grocery_model(
     migrated_store: Path,  # noqa: F811
 ) -> Registered:
     """The session's grocery run registered as ``grocer@production`` in a store of its own."""
-    workdir = tmp_path_factory.mktemp("grocery_model")
-    shutil.copy(migrated_store, workdir / "registry.db")
-    uri = f"sqlite:///{workdir / 'registry.db'}"
+    workdir, uri = _store(tmp_path_factory, "grocery_model", migrated_store)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # MLflow puts a SQLite store's artifacts under ./mlruns
         open_registry(uri).register(grocery_run.run_dir, "grocer", aliases=["production"])
@@ -62,22 +75,13 @@ def fuji_model(
     """One epoch of the Fuji demo recipe; its ModelRegistryUpload registers ``fuji-maskrcnn@staging``."""
     from harvest.cli import cli_main
 
-    workdir = tmp_path_factory.mktemp("fuji_model")
-    shutil.copy(migrated_store, workdir / "registry.db")
-    uri = f"sqlite:///{workdir / 'registry.db'}"
+    workdir, uri = _store(tmp_path_factory, "fuji_model", migrated_store)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         clear_run_name()
         forget_mlflow_stores()
-        args = fuji_args(
-            tiny_orchard,
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.logger",
-            "false",
-            "--trainer.callbacks.tracking_uri",
-            uri,
-        )
+        quiet = ["--trainer.max_epochs", "1", "--trainer.logger", "false"]
+        args = fuji_args(tiny_orchard, *quiet, "--trainer.callbacks.tracking_uri", uri)
         cli = cli_main(["fit", *args, "--run_name", "fuji_apples_20250101_000000"])
         clear_run_name()
         forget_mlflow_stores()

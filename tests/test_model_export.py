@@ -10,16 +10,11 @@ import pytest
 import torch
 from PIL import Image
 from registry_testing import migrated_store  # noqa: F401 - fixture
-from serving_testing import Registered, fuji_model, grocery_model  # noqa: F401 - fixtures
+from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 
-from harvest.model_cache import CACHE_ENV
 from harvest.registry_cli import main as registry_main
 
-
-@pytest.fixture(autouse=True)
-def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -13,20 +13,17 @@ from conftest import GroceryRun
 from PIL import Image, ImageOps
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from scipy.stats import entropy
-from serving_testing import Registered, fuji_model, grocery_model  # noqa: F401 - fixtures
+from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harvest.cli import cli_main
 from harvest.drift import drift_report, js_drift, kl_drift, mmd_test, psi
-from harvest.model_cache import CACHE_ENV
+from harvest.model_cache import cached_package
 from harvest.monitoring_stats import MonitorStats, observe
 from harvest.reference_profile import EMBEDDINGS, PROFILE
+from harvest.registry import open_registry
 
-
-@pytest.fixture(autouse=True)
-def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "model-cache"))
-    return tmp_path / "model-cache"
+pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache
 
 
 def _dist(**counts: int) -> dict:
@@ -115,8 +112,9 @@ def test_harvest_monitor_measures_drift_against_training_without_an_earlier_run(
     events = EventAccumulator(shifted["run"]).Reload()
     assert events.Scalars("monitor/drift_score")[-1].value == pytest.approx(shifted["metrics"]["monitor/drift_score"])
 
-    (cached,) = model_cache.iterdir()  # three calls, one download
-    assert len(list(model_cache.iterdir())) == 1 and (cached / "package_path.txt").is_file()
+    (cached,) = model_cache.iterdir()  # two calls, one download: a third finds it cached too
+    assert (cached / "package_path.txt").is_file()
+    assert cached_package(open_registry(grocery_model.uri), grocery_model.ref)[2] is False
 
 
 def test_harvest_monitor_fuji_counts_detections_per_image(

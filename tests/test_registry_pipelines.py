@@ -9,11 +9,8 @@ in-memory model's, through Harvest's loader and through ``mlflow.pyfunc``.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -24,6 +21,7 @@ from conftest import GroceryRun
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer  # the `mlflow_server` session fixture comes from conftest.py
 from registry_testing import migrated_store, sqlite_uri, use_mlflow_uri  # noqa: F401 - fixtures
+from serving_testing import Registered, fuji_model  # noqa: F401 - fixture
 
 from harvest.registry import load_model, open_registry
 from harvest.registry_cli import compare_rows
@@ -125,49 +123,17 @@ def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: Groc
     assert version.name == "groceries-ssl" and version.record["run_name"] == grocery_run.run_dir.name
 
 
-@dataclass
-class FujiRun:
-    """One epoch of the Fuji CPU demo recipe; its ModelRegistryUpload registered it into ``registry_uri``."""
-
-    cli: Any
-    registry_uri: str
-
-
-@pytest.fixture(scope="session")
-def fuji_run(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_orchard: Path,
-    migrated_store: Path,  # noqa: F811
-) -> FujiRun:
-    """Fit the demo recipe for one epoch on the tiny orchard (TensorBoard only, registry beside the run)."""
-    from conftest import clear_run_name, fuji_args
-
-    from harvest.cli import cli_main
-
-    workdir = tmp_path_factory.mktemp("fuji_registry_run")
-    shutil.copy(migrated_store, workdir / "registry.db")
-    uri = f"sqlite:///{workdir / 'registry.db'}"
-    loggers = ["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "runs"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        clear_run_name()
-        # the demo's callback list ends with its ModelRegistryUpload: point it at this test's store
-        args = fuji_args(tiny_orchard, "--trainer.max_epochs", "1", *loggers, "--trainer.callbacks.tracking_uri", uri)
-        cli = cli_main(["fit", *args, "--run_name", "fuji_apples_20250101_000000"])
-        clear_run_name()
-    return FujiRun(cli, uri)
-
-
 def test_the_fuji_demo_registers_a_detector_that_predicts_like_the_trained_one(
-    fuji_run: FujiRun, monkeypatch: pytest.MonkeyPatch
+    fuji_model: Registered,  # noqa: F811 - one epoch of the demo recipe; its ModelRegistryUpload registered it
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    info = open_registry(fuji_run.registry_uri).resolve("fuji-maskrcnn@staging")  # the first version takes staging
+    info = open_registry(fuji_model.uri).resolve("fuji-maskrcnn@staging")  # the first version takes staging
     assert info.version == "1" and info.record["class_path"] == "lightning_modules.MaskRCNNModule"
     assert info.record["monitor"] == "val_segm/mAP" and "val_bbox/mAP" in info.metrics
 
-    loaded = load_model("fuji-maskrcnn", alias="staging", tracking_uri=fuji_run.registry_uri)
+    loaded = load_model("fuji-maskrcnn", alias="staging", tracking_uri=fuji_model.uri)
     images = torch.rand(2, 3, 72, 96, generator=torch.Generator().manual_seed(0))
-    in_memory = fuji_run.cli.model.eval()  # one epoch: the best checkpoint holds the final weights
+    in_memory = fuji_model.cli.model.eval()  # one epoch: the best checkpoint holds the final weights
     with torch.inference_mode():
         expected, got = in_memory.predict_step(list(images)), loaded.predict_step(list(images))
     for e, g in zip(expected, got, strict=True):
@@ -175,7 +141,7 @@ def test_the_fuji_demo_registers_a_detector_that_predicts_like_the_trained_one(
         for key in g:
             assert torch.equal(e[key], g[key]), key
 
-    use_mlflow_uri(monkeypatch, fuji_run.registry_uri)
+    use_mlflow_uri(monkeypatch, fuji_model.uri)
     pixels = [(image * 255).round().byte().permute(1, 2, 0).numpy() for image in images]  # uint8 H x W x 3
     served = mlflow.pyfunc.load_model("models:/fuji-maskrcnn@staging").predict(pd.DataFrame({"image": pixels}))
     with torch.inference_mode():

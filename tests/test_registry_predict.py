@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 from registry_testing import migrated_store  # noqa: F401 - fixture
-from serving_testing import Registered, fuji_model, grocery_model  # noqa: F401 - fixtures
+from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 
-from harvest.model_cache import CACHE_ENV, cache_root
+from harvest.model_cache import cache_root, cached_package
+from harvest.registry import open_registry
 from harvest.registry_cli import main as registry_main
-
-
-@pytest.fixture
-def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def _folder(images: list[Path], dst: Path) -> Path:
@@ -95,3 +90,17 @@ def test_registry_predict_names_an_empty_folder_and_a_bad_image(
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("harvest registry predict:")]
     assert "zz_broken.jpg is not a readable image" in error and "send base64-encoded JPEG/PNG bytes" in error
     assert len(output.read_text().splitlines()) == 2  # the images before it are kept
+
+
+def test_the_model_cache_downloads_once_and_replaces_a_changed_copy(
+    grocery_model: Registered,  # noqa: F811
+    model_cache: Path,
+) -> None:
+    registry = open_registry(grocery_model.uri)
+    first = cached_package(registry, grocery_model.ref)
+    second = cached_package(registry, grocery_model.ref)
+    assert first[2] is True and second[2] is False and first[1] == second[1]
+    (first[1] / "config.yaml").write_text("changed: true\n")  # a damaged cached copy is refused and replaced
+    third = cached_package(registry, grocery_model.ref)
+    assert third[2] is True and "changed" not in (third[1] / "config.yaml").read_text()
+    assert len(list(model_cache.iterdir())) == 1
