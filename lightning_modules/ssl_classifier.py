@@ -194,13 +194,18 @@ class SemiSupervisedClassifier(pl.LightningModule):
         Args:
             val: Validation features, CNN-head predictions and labels.
             test: Test features, CNN-head predictions and labels.
-            unlabeled: Features and true labels of the unlabeled training images (reported only).
+            unlabeled: Mask of the unlabeled training images and their true labels (reported only).
 
         """
         fitted = self.ssl.fitted()
         val_results = {name: self._scores(name, val[0], val[2]) for name in fitted}
         test_results = {name: self._scores(name, test[0], test[2]) for name in fitted}
-        hidden = {name: self._scores(name, *unlabeled) for name in fitted} if unlabeled is not None else {}
+        hidden = {}
+        if unlabeled is not None:  # the labels the algorithms gave the unlabeled training images
+            mask, truth = unlabeled
+            for name in fitted:
+                predicted = self.ssl.training_labels(name)[mask]
+                hidden[name] = ssl.scores(truth.cpu().numpy(), predicted.cpu().numpy())
         head = tuple(ssl.scores(y.cpu().numpy(), p.cpu().numpy()) for _, p, y in (val, test))
         metrics, self.run_results = ssl.summarize(
             val_results, test_results, hidden, head, self.hparams.predict_algorithm
