@@ -12,12 +12,13 @@ Examples::
 
     python benchmarks/ssl_scale.py                                     # CPU: 5k, 20k, 100k x 512; 5k, 20k x 2048
     python benchmarks/ssl_scale.py --sizes 20000x2048 --sklearn-cap 600
-    python benchmarks/ssl_scale.py --device cuda --sizes 1000000x512   # one GPU (scikit-learn skipped above the cap)
-    python benchmarks/ssl_scale.py --device cuda --sizes 1000000x512 --sklearn-cap 0   # GPU only
+    python benchmarks/ssl_scale.py --device cuda --sizes 1000000x512   # one GPU (no scikit-learn by default)
+    python benchmarks/ssl_scale.py --device cuda --sizes 20000x2048 --sklearn-cap 600  # GPU beside CPU scikit-learn
 
 Flags: ``--sizes NxD ...`` (default the CPU set above), ``--device cpu|cuda|cuda:N``,
 ``--algorithms label_spreading label_propagation``, ``--sklearn-cap SECONDS`` (0 skips
-scikit-learn), ``--threads N`` (torch and BLAS threads of both sides; default: torch's), ``--seed``.
+scikit-learn; default 300 on a CPU, 0 on a GPU), ``--threads N`` (torch and BLAS threads of both
+sides; default: torch's), ``--seed``.
 """
 
 from __future__ import annotations
@@ -124,10 +125,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--algorithms", nargs="+", default=["label_spreading", "label_propagation"])
-    parser.add_argument("--sklearn-cap", type=float, default=300.0, help="seconds before scikit-learn is stopped")
+    parser.add_argument(
+        "--sklearn-cap",
+        type=float,
+        default=None,
+        help="seconds before scikit-learn is stopped; 0 skips it (default: 300 on a CPU, 0 with --device cuda)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.sklearn_cap is None:
+        args.sklearn_cap = 0.0 if args.device.startswith("cuda") else 300.0
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch

@@ -126,7 +126,7 @@ class SSLStage(Callback):
             pl_module.fit_ssl(features, targets)
             fit_seconds = time.perf_counter() - fitted
             hidden = targets < 0
-            unlabeled = (features[hidden], truth[hidden]) if bool(hidden.any()) else None
+            unlabeled = (hidden, truth[hidden]) if bool(hidden.any()) else None
         val = self.extract(trainer, pl_module, datamodule.val_dataloader())
         test = self.extract(trainer, pl_module, datamodule.test_dataloader())
         metrics = pl_module.evaluate_ssl(val, test, unlabeled)

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from callbacks.training_summary import write_json_atomic
@@ -25,6 +26,7 @@ from datamodules.image_folder import (
 )
 from datamodules.labeled_split import make_split
 from datamodules.synthetic import SyntheticGroceries
+from datamodules.unlabeled import TwoViewDataset, strong_transform
 from harvest.image_io import BadImageError, bad_image_message
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ class GroceriesDataModule(pl.LightningDataModule):
     fine-tuning); :meth:`all_train_dataloader` yields every training image with its semi-supervised
     target (``-1`` when unlabeled) for feature extraction. The split is written to
     ``<run dir>/data_split.json`` and kept in the checkpoint (:meth:`state_dict`).
+
+    With ``unlabeled_ratio > 0`` (semi-supervised fine-tuning, ``configs/ssl/fixmatch.yaml``)
+    ``train_dataloader`` is a ``CombinedLoader`` of ``{"labeled": …, "unlabeled": …}`` batches
+    (``max_size_cycle``: the shorter loader starts over), the unlabeled batches ``unlabeled_ratio``
+    times larger and made of a weak and a strong (RandAugment) view of each image. Under DDP each
+    loader gets its own distributed sampler from Lightning.
 
     Args:
         root: Data set folder.
@@ -64,6 +72,10 @@ class GroceriesDataModule(pl.LightningDataModule):
         class_names: Class names in label order. Read from the ``train/`` folders when the data set is
             there (and must then agree); given with ``predict_root``, prediction needs no data set at
             ``root`` (a trained model on new images, as ``harvest monitor --images`` runs it).
+        unlabeled_ratio: Unlabeled images per labeled image in a training batch (FixMatch's mu);
+            ``0`` trains on the labeled images only.
+        randaugment_ops: Operations per image of the strong view's RandAugment.
+        randaugment_magnitude: Their magnitude (0-30).
 
     """
 
@@ -85,8 +97,14 @@ class GroceriesDataModule(pl.LightningDataModule):
         on_bad_data: Literal["error", "skip"] = "error",
         predict_root: str | None = None,
         class_names: list[str] | None = None,
+        unlabeled_ratio: int = 0,
+        randaugment_ops: int = 2,
+        randaugment_magnitude: int = 10,
     ) -> None:
         super().__init__()
+        if unlabeled_ratio < 0:
+            raise ValueError(f"data.init_args.unlabeled_ratio={unlabeled_ratio}: use 0 (off) or a positive integer.")
+        self.unlabeled_ratio, self.randaugment = unlabeled_ratio, (randaugment_ops, randaugment_magnitude)
         if not 0.0 < labeled_ratio <= 1.0:
             raise ValueError(f"data.init_args.labeled_ratio={labeled_ratio}: use a fraction in (0, 1].")
         if not 0.0 < val_fraction < 1.0:
@@ -249,15 +267,18 @@ class GroceriesDataModule(pl.LightningDataModule):
         return np.array([label for _, label in self.samples["train"]], dtype=np.int64)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, samples: list[Sample], train: bool = False) -> DataLoader:
+    def _loader(
+        self, samples: list[Sample], train: bool = False, dataset: Dataset | None = None, batch_size: int = 0
+    ) -> DataLoader:
         transform = build_transform(self.image_size, train, self.augmentations, self.crop_scale)
+        batch_size = batch_size or self.batch_size
         per_rank = math.ceil(len(samples) / (self.trainer.world_size if self.trainer else 1))
         return DataLoader(
-            ImageDataset(samples, transform, min_size=self.image_size, on_bad_data=self.on_bad_data),
-            batch_size=self.batch_size,
+            dataset or ImageDataset(samples, transform, min_size=self.image_size, on_bad_data=self.on_bad_data),
+            batch_size=batch_size,
             shuffle=train,
             # drop a last batch of one image (BatchNorm cannot train on it), and only that
-            drop_last=train and per_rank > self.batch_size and per_rank % self.batch_size == 1,
+            drop_last=train and per_rank > batch_size and per_rank % batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -267,12 +288,26 @@ class GroceriesDataModule(pl.LightningDataModule):
         """The evaluation transform of one decoded image (PIL or ``uint8[3, H, W]``): what serving applies."""
         return build_transform(self.image_size, False, [], self.crop_scale)
 
-    def train_dataloader(self) -> DataLoader:
-        """Load the labeled training images only, augmented and shuffled (fine-tuning)."""
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        """Load the labeled training images, augmented and shuffled; beside them unlabeled ones when asked.
+
+        Returns:
+            The labeled loader, or with ``unlabeled_ratio > 0`` a ``CombinedLoader`` of
+            ``{"labeled": (images, labels, paths), "unlabeled": (weak, strong, true labels, paths)}``.
+
+        """
         self._prepare()
-        return self._loader(
-            [s for s, keep in zip(self.samples["train"], self.labeled_mask, strict=True) if keep], train=True
-        )
+        pairs = list(zip(self.samples["train"], self.labeled_mask, strict=True))
+        labeled = self._loader([s for s, keep in pairs if keep], train=True)
+        unlabeled = [s for s, keep in pairs if not keep]
+        if not self.unlabeled_ratio or not unlabeled:
+            return labeled
+        weak = build_transform(self.image_size, True, self.augmentations, self.crop_scale)
+        strong = strong_transform(self.image_size, self.crop_scale, self.augmentations, *self.randaugment)
+        views = TwoViewDataset(unlabeled, weak, strong, min_size=self.image_size, on_bad_data=self.on_bad_data)
+        size = self.batch_size * self.unlabeled_ratio
+        loaders = {"labeled": labeled, "unlabeled": self._loader(unlabeled, True, views, batch_size=size)}
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -117,11 +118,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+    def load(self, index: int) -> tuple[Image.Image, int, Path]:
+        """Decode image ``index`` (upright RGB) with its class index and path, after ``on_bad_data``."""
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(read_rgb(path, self.min_size).image), label, str(path)
+                return read_rgb(path, self.min_size).image, label, path
             except BadImageError as error:
                 if self.on_bad_data != "skip":
                     raise
@@ -129,6 +131,10 @@ class ImageDataset(Dataset):
                     self.skipped.add(path)
                     log.warning("Skipping %s (data.on_bad_data: skip): %s", path, error.reason)
         raise BadImageError(f"none of the {len(self.samples)} images of this loader decodes any more.")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        image, label, path = self.load(index)
+        return self.transform(image), label, str(path)
 
 
 def build_transform(

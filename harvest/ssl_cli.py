@@ -135,7 +135,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         result = scores(test_y, fitted.predict(name, queries, params).cpu().numpy())
         unlabeled = None
         if args.labeled_ratio is not None and hidden.any():
-            predicted = fitted.predict(name, x[torch.from_numpy(hidden).to(device)], params).cpu().numpy()
+            predicted = fitted.training_labels(name).cpu().numpy()[hidden]
             unlabeled = float((predicted == train_y[hidden]).mean())
         results[name] = {
             "test_accuracy": result.accuracy,

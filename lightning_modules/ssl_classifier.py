@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules import ssl_algorithms as ssl
 from lightning_modules.backbones import build_backbone
+from lightning_modules.fixmatch import consistency_loss, ema_teacher
 from lightning_modules.ssl_state import FittedSSL
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class SemiSupervisedClassifier(pl.LightningModule):
         normalize_features: L2-normalise features before the SSL algorithms.
         predict_algorithm: Algorithm used by ``predict`` (``cnn_head`` for the CNN's own classifier);
             ``None`` means the best on validation.
+        unlabeled_weight: Weight of FixMatch's unsupervised loss, used when the data module gives
+            unlabeled batches (``data.init_args.unlabeled_ratio > 0``, ``configs/ssl/fixmatch.yaml``).
+        confidence_threshold: Confidence a pseudo-label needs (FixMatch: 0.95).
+        ema_decay: Decay of an EMA teacher that makes the pseudo-labels; ``None``: the student makes them.
         optimizer: Optimizer of the fine-tuning.
         scheduler: Learning-rate scheduler of the fine-tuning (optional).
 
@@ -69,6 +74,9 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self_training_threshold: float = 0.75,
         normalize_features: bool = True,
         predict_algorithm: str | None = None,
+        unlabeled_weight: float = 1.0,
+        confidence_threshold: float = 0.95,
+        ema_decay: float | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -88,6 +96,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.encoder, width = build_backbone(backbone, weights)
         self.head = nn.Linear(width, num_classes)
+        self.teacher = ema_teacher(nn.Sequential(self.encoder, self.head), ema_decay) if ema_decay else None
         self.ssl = FittedSSL()
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -120,8 +129,37 @@ class SemiSupervisedClassifier(pl.LightningModule):
             self.log(f"{stage}/accuracy", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=size)
         return loss
 
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple | dict[str, tuple], batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, dict):  # labeled and unlabeled batches side by side: FixMatch
+            return self._fixmatch_step(batch["labeled"], batch["unlabeled"])
         return self._step(batch, "train", self.train_accuracy)
+
+    def _fixmatch_step(self, labeled: tuple, unlabeled: tuple) -> torch.Tensor:
+        images, labels, _ = labeled
+        weak, strong, truth, _ = unlabeled  # truth: reported only, never part of the loss
+        logits = self(torch.cat([images, weak, strong]))
+        supervised_logits, weak_logits, strong_logits = logits.split([len(images), len(weak), len(strong)])
+        if self.teacher is not None:
+            with torch.no_grad():
+                weak_logits = self.teacher.eval()(weak)
+        supervised = F.cross_entropy(supervised_logits, labels)
+        unsupervised, pseudo, mask = consistency_loss(weak_logits, strong_logits, self.hparams.confidence_threshold)
+        loss = supervised + self.hparams.unlabeled_weight * unsupervised
+        self.train_accuracy(supervised_logits, labels)
+        values = {"loss": loss, "sup_loss": supervised, "unsup_loss": unsupervised, "mask_rate": mask.float().mean()}
+        known = truth >= 0
+        if bool(known.any()):
+            values["unlabeled_accuracy"] = (pseudo == truth)[known].float().mean()
+        if bool((mask & known).any()):
+            values["pseudo_label_accuracy"] = (pseudo == truth)[mask & known].float().mean()
+        for name, value in values.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", on_epoch=True, batch_size=len(weak))
+        self.log("train/accuracy", self.train_accuracy, on_epoch=True, on_step=False, batch_size=len(images))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.teacher is not None:
+            self.teacher.update_parameters(nn.Sequential(self.encoder, self.head))
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self._step(batch, "val", self.val_accuracy)
@@ -130,7 +168,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         self._step(batch, "test", None)  # the SSL predictors are scored by the SSL stage
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])  # not the EMA teacher
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
@@ -156,13 +194,18 @@ class SemiSupervisedClassifier(pl.LightningModule):
         Args:
             val: Validation features, CNN-head predictions and labels.
             test: Test features, CNN-head predictions and labels.
-            unlabeled: Features and true labels of the unlabeled training images (reported only).
+            unlabeled: Mask of the unlabeled training images and their true labels (reported only).
 
         """
         fitted = self.ssl.fitted()
         val_results = {name: self._scores(name, val[0], val[2]) for name in fitted}
         test_results = {name: self._scores(name, test[0], test[2]) for name in fitted}
-        hidden = {name: self._scores(name, *unlabeled) for name in fitted} if unlabeled is not None else {}
+        hidden = {}
+        if unlabeled is not None:  # the labels the algorithms gave the unlabeled training images
+            mask, truth = unlabeled
+            for name in fitted:
+                predicted = self.ssl.training_labels(name)[mask]
+                hidden[name] = ssl.scores(truth.cpu().numpy(), predicted.cpu().numpy())
         head = tuple(ssl.scores(y.cpu().numpy(), p.cpu().numpy()) for _, p, y in (val, test))
         metrics, self.run_results = ssl.summarize(
             val_results, test_results, hidden, head, self.hparams.predict_algorithm

@@ -129,6 +129,12 @@ class FittedSSL(nn.Module):
             self._base[1], getattr(self, name), features, params.kernel, params.n_neighbors, params.gamma
         )
 
+    def training_labels(self, name: str) -> torch.Tensor:
+        """The class each training point got from algorithm ``name`` (transduction; no new search)."""
+        if name == "self_training":
+            return logistic_proba(self.features, self.self_training_weight, self.self_training_bias).argmax(1)
+        return getattr(self, name).argmax(1)
+
     def predict(self, name: str, features: torch.Tensor, params: SSLParams) -> torch.Tensor:
         """Predicted class indices of algorithm ``name``."""
         return self.predict_proba(name, features, params).argmax(1)
