@@ -11,6 +11,7 @@ from callbacks.model_registry_upload import ModelRegistryUpload
 from callbacks.optuna_pruning import OptunaPruning
 from callbacks.prediction_images import PredictionImages
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.run_report import RunReport
 from callbacks.tensorboard_tracking import TensorBoardTracking
 from callbacks.training_summary import TrainingSummary
@@ -27,6 +28,7 @@ __all__ = [
     "OptunaPruning",
     "PredictionImages",
     "PredictionWriter",
+    "RunCheckpoint",
     "RunConfigSaver",
     "RunReport",
     "TensorBoardTracking",

@@ -13,15 +13,24 @@ import logging
 import os
 import sys
 import warnings
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks.config_saver import RunConfigSaver
-from harvest.errors import first_line
-from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name, runs_folder
+from harvest import run_directory as rd
+from harvest.errors import RunInterrupted, first_line
+from harvest.run_setup import (
+    apply_run_layout,
+    drop_progress_bars,
+    pipeline_name,
+    prepare_run_dir,
+    resolve_precision,
+)
 
 #: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
 TOOLS: dict[str, str] = {
@@ -39,6 +48,8 @@ class HarvestCLI(LightningCLI):
     """LightningCLI with Harvest's run layout, argument links and precision fallback."""
 
     run_dir: Path | None = None
+    #: The config as ``config.yaml`` stores it: no directory pinned, ``origin_run`` naming this run.
+    saved_config: Any = None
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         for module in _COMPONENT_MODULES:
@@ -61,7 +72,17 @@ class HarvestCLI(LightningCLI):
             "--run_name",
             type=str | None,
             default=None,
-            help="Run name used for the run directory and in every tracker (default: <pipeline>_<YYYYmmdd_HHMMSS>).",
+            help="Run name used for the run directory and in every tracker (default: <pipeline>_<YYYYmmdd_HHMMSS>; "
+            "an existing run is refused unless --ckpt_path resumes it or --overwrite true).",
+        )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Delete an existing run of the same --run_name first."
+        )
+        parser.add_argument(
+            "--origin_run",
+            type=str | None,
+            default=None,
+            help="The run whose config.yaml this is (written into every saved config; a rerun records it).",
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
@@ -69,12 +90,25 @@ class HarvestCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         pipeline = pipeline_name(config.get("data"))
-        config.run_name = resolve_run_name(config.get("run_name"), pipeline, runs_root=runs_folder(config.trainer))
-        self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
+        drop_progress_bars(config.trainer)
+        saved = deepcopy(config)
+        self.run_dir = prepare_run_dir(self.subcommand or "fit", config, pipeline)
+        config.run_name = self.run_dir.name
+        apply_run_layout(config.trainer, self.run_dir, pipeline)
         resolve_precision(config.trainer)
+        saved.run_name, saved.overwrite, saved.origin_run = None, False, rd.tracker_run_name(self.run_dir)
+        if self.subcommand == "fit":
+            saved.ckpt_path = None  # rerunning the config starts a new run; resuming names the run
+        self.saved_config = saved
+        if config.get("origin_run") and rd.launcher_rank() == 0:
+            rd.update_run_record(self.run_dir, origin_run=config.origin_run)
 
     def preflight(self) -> None:
-        """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``)."""
+        """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``).
+
+        ``trainer.state.fn`` already names the stage then (Lightning sets it again when the stage starts).
+        """
+        self.trainer.state.fn = TrainerFn(self.subcommand)
         for callback in self.trainer.callbacks:
             check = getattr(callback, "preflight", None)
             if callable(check):
@@ -90,6 +124,13 @@ class HarvestCLI(LightningCLI):
             if error.__cause__ is not None and "Does not validate against any of the Union subtypes" in str(error):
                 raise error.__cause__ from None
             raise
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfigSaver) and self.saved_config is not None:
+                callback.config = self.saved_config
+        if self.subcommand == "predict" and not any(
+            getattr(callback, "logs_during_predict", False) for callback in self.trainer.callbacks
+        ):
+            self.trainer.loggers = []  # nothing would be logged: open no empty tracker runs
 
 
 def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -167,6 +208,9 @@ def main() -> None:
     """
     try:
         cli_main()
+    except RunInterrupted as interrupted:
+        sys.stderr.write(f"harvest: {interrupted}\n")
+        sys.exit(interrupted.exit_code)
     except USER_ERRORS as error:
         if os.environ.get("HARVEST_DEBUG"):
             raise
