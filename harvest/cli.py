@@ -15,7 +15,7 @@ import sys
 import warnings
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks.config_saver import RunConfigSaver
 from harvest import run_directory as rd
-from harvest.errors import RunInterrupted, first_line
+from harvest.errors import RunInterrupted, config_error_line, first_line
 from harvest.run_setup import (
     apply_run_layout,
     drop_progress_bars,
@@ -44,6 +44,22 @@ TOOLS: dict[str, str] = {
 _COMPONENT_MODULES = ("lightning_modules", "datamodules", "callbacks")
 
 
+class HarvestArgumentParser(LightningArgumentParser):
+    """Config mistakes as one line naming the key, the value and the closest valid key, then a usage hint."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # noqa: D102
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG") or os.environ.get("HARVEST_DEBUG"):
+            super().error(message, ex)  # raises (inner parsers, debugging) or prints jsonargparse's report
+        parser = getattr(ex, "subcommand_parser", None) or self
+        options = [o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        command = parser.prog.replace("[options] ", "").split(" ", 1)[-1] if " " in parser.prog else ""
+        sys.stderr.write(
+            f"harvest: error: {config_error_line(message, options)}\n"
+            f"  (`{f'harvest {command}'.strip()} --help` lists every option; HARVEST_DEBUG=1 shows the full report)\n"
+        )
+        sys.exit(2)
+
+
 class HarvestCLI(LightningCLI):
     """LightningCLI with Harvest's run layout, argument links and precision fallback."""
 
@@ -56,6 +72,7 @@ class HarvestCLI(LightningCLI):
             importlib.import_module(module)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", HarvestArgumentParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault(
@@ -65,7 +82,12 @@ class HarvestCLI(LightningCLI):
                 "epilog": "Harvest's own tools: " + ", ".join(f"harvest {tool} --help" for tool in TOOLS),
             },
         )
-        super().__init__(args=args, run=run, **kwargs)
+        try:
+            super().__init__(args=args, run=run, **kwargs)
+        except BaseException:
+            if self.run_dir is not None and rd.launcher_rank() == 0:
+                rd.remove_if_empty(self.run_dir)  # a command that failed before writing leaves no run behind
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -87,9 +109,22 @@ class HarvestCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters right after parsing (and takes its model
+        # class): check the file first, so a bad one fails naming its path and what is wrong with it.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc"):
+            model = self.config[subcommand].get("model")
+            problem = rd.checkpoint_problem(ckpt_path, getattr(model, "class_path", None))
+            if problem:
+                raise ValueError(problem)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         pipeline = pipeline_name(config.get("data"))
+        check_one_optimizer(config)
         drop_progress_bars(config.trainer)
         saved = deepcopy(config)
         self.run_dir = prepare_run_dir(self.subcommand or "fit", config, pipeline)
@@ -131,6 +166,28 @@ class HarvestCLI(LightningCLI):
             getattr(callback, "logs_during_predict", False) for callback in self.trainer.callbacks
         ):
             self.trainer.loggers = []  # nothing would be logged: open no empty tracker runs
+
+
+#: LightningCLI's own optimizer options and the model parameter that sets the same thing.
+_TWO_WAYS = {"optimizer": "optimizer", "lr_scheduler": "scheduler"}
+
+
+def check_one_optimizer(config: Any) -> None:
+    """Refuse LightningCLI's ``--optimizer``/``--lr_scheduler`` beside the model's own ``optimizer``/``scheduler``.
+
+    LightningCLI's would silently win: the run trains with one optimizer while ``config.yaml`` and
+    the tracked params name the other.
+    """
+    model_args = (config.get("model") or {}).get("init_args") or {}
+    for option, parameter in _TWO_WAYS.items():
+        given, own = config.get(option), model_args.get(parameter) if hasattr(model_args, "get") else None
+        if given and own:
+            name = lambda v: str(v.get("class_path") if hasattr(v, "get") else v).rsplit(".", 1)[-1]  # noqa: E731
+            raise ValueError(
+                f"--{option} {name(given)} and model.init_args.{parameter} ({name(own)}) both set the {parameter}: "
+                f"keep one: drop --{option} and set --model.init_args.{parameter} {name(given)}, or drop "
+                f"model.init_args.{parameter} (--model.init_args.{parameter} null)."
+            )
 
 
 def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:

@@ -23,6 +23,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,13 @@ def create_unique(parent: Path, base: str) -> Path:
         return folder
 
 
+def remove_if_empty(folder: Path) -> None:
+    """Remove a run (or stage) folder that a failed command left empty, and an emptied ``stages/``."""
+    for path in (Path(folder), Path(folder).parent):
+        if path.name and path.is_dir() and not any(path.iterdir()) and (path == Path(folder) or path.name == STAGES):
+            path.rmdir()
+
+
 def latest_run(root: Path, pipeline: str) -> Path | None:
     """The most recently changed run directory of ``pipeline`` under ``root`` that holds a last checkpoint."""
     candidates = [
@@ -227,3 +236,38 @@ def update_run_record(folder: Path, **values: Any) -> None:
     record = run_record(folder)
     if any(record.get(key) != value for key, value in values.items()):
         write_json_atomic(Path(folder) / RUN_RECORD, {**record, **values})
+
+
+def checkpoint_problem(path: str | Path, expected_class: str | None = None) -> str | None:
+    """Why ``path`` cannot be loaded as a Harvest checkpoint (missing, truncated, not a checkpoint, another model).
+
+    ``None`` when it can. Reads with ``weights_only=True`` and ``mmap`` (tensors stay on disk).
+
+    Args:
+        path: The checkpoint file.
+        expected_class: Class path of the LightningModule the config builds (``None``: any).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"checkpoint {path} does not exist"
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"  # a zip's start without its end: cut short
+        if zipped:
+            size = path.stat().st_size
+            return f"checkpoint {path} is truncated or damaged ({size} bytes): copy it again or use another"
+        return f"{path} is not a PyTorch checkpoint (no torch.save archive): give a .ckpt written by harvest fit"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        return f"checkpoint {path} cannot be read safely (weights_only=True): {str(err).splitlines()[0]}"
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return f"{path} is not a Lightning checkpoint (no state_dict): give a .ckpt written by harvest fit"
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    expected = (expected_class or "").rsplit(".", 1)[-1]
+    if expected and class_path and class_path.rsplit(".", 1)[-1] != expected:
+        return (
+            f"checkpoint {path} holds a {class_path.rsplit('.', 1)[-1]}, not a {expected}: "
+            "use it with the config of the pipeline that trained it"
+        )
+    return None

@@ -179,7 +179,6 @@ def export_wandb(spec: SweepSpec, configs: list[str], out_dir: Path, project: st
             path,
         )
         return path
-    require("wandb", "harvest sweep --backend wandb")
     import wandb
 
     sweep_id = wandb.sweep(sweep=config, project=project)
