@@ -12,6 +12,7 @@ from callbacks.optuna_pruning import OptunaPruning
 from callbacks.prediction_images import PredictionImages
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.reference_profile import ReferenceProfile
+from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.run_report import RunReport
 from callbacks.ssl_stage import SSLStage
 from callbacks.tensorboard_tracking import TensorBoardTracking
@@ -30,6 +31,7 @@ __all__ = [
     "PredictionImages",
     "PredictionWriter",
     "ReferenceProfile",
+    "RunCheckpoint",
     "RunConfigSaver",
     "RunReport",
     "SSLStage",

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from callbacks.training_summary import scalar_metrics
 from harvest.dataset_card import file_sha256
+from harvest.run_directory import scalar_metrics
 from harvest.tracking import loggers_of, run_name
 
 log = logging.getLogger(__name__)

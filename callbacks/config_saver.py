@@ -5,11 +5,15 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
 
-from harvest.tracking import run_dir
+from harvest.run_directory import run_dir
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Write ``<run dir>/config.yaml`` (the run directory is ``trainer.default_root_dir``).
+    """Write ``<run dir>/config.yaml``: the config as given, without the directories the CLI chose.
+
+    ``HarvestCLI`` hands it the config with ``run_name``, ``default_root_dir`` and checkpoint
+    folders as the user set them (usually unset) and ``origin_run`` naming this run, so
+    ``harvest fit --config runs/<run>/config.yaml`` starts a new run that records where it came from.
 
     Lightning's own callback writes into the first logger's ``log_dir``, which differs per logger
     (and is missing for MLflow on a database store). Tracker callbacks read this file at

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from callbacks.logger_media import log_artifact_file, log_image_file
-from callbacks.training_summary import write_json_atomic
+from harvest.run_directory import write_json_atomic
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.logger_media import log_artifact_file, log_image_file
-from callbacks.training_summary import write_json_atomic
+from callbacks.mlflow_tracking import tracker_errors
 from callbacks.wandb_tracking import is_offline
 from harvest.dataset_card import build_card, sample_grid, short_hash
 from harvest.errors import first_line
-from harvest.tracking import run_dir
+from harvest.run_directory import run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ class DatasetCard(Callback):
         self, trainer: pl.Trainer, logger: MLFlowLogger, card: dict[str, Any], card_path: Path
     ) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
-
-        from callbacks.mlflow_tracking import tracker_errors
 
         profile = {
             k: card[k] for k in ("files", "bytes", "num_classes", "class_imbalance", "splits") if k in card

@@ -16,11 +16,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.logger_media import log_image_file
 from callbacks.monitor_plots import write_plots
-from callbacks.training_summary import write_json_atomic
 from harvest.drift import DriftThresholds, drift_report
 from harvest.monitoring_features import EmbeddingCapture
 from harvest.monitoring_stats import MonitorStats, observe
 from harvest.reference_profile import read_reference
+from harvest.run_directory import write_json_atomic
 from harvest.tracking import run_dir
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
+from callbacks.mlflow_tracking import server_problem, tracker_errors, tracking_uri
 from harvest.errors import first_line
 from harvest.tracking import run_dir
 
@@ -43,8 +44,6 @@ def log_image_file(trainer: pl.Trainer, key: str, path: Path, step: int | None =
 
 def log_artifact_file(trainer: pl.Trainer, logger: MLFlowLogger, path: Path) -> None:
     """Upload ``path`` to the logger's MLflow run, under its folder relative to the run directory."""
-    from callbacks.mlflow_tracking import server_problem, tracker_errors, tracking_uri
-
     try:
         folder = path.resolve().parent.relative_to(run_dir(trainer).resolve()).as_posix()
     except ValueError:

@@ -18,8 +18,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import harvest
 from callbacks.stage_start import StageStartCallback
-from harvest.errors import first_line
-from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, run_dir
+from harvest import run_directory as rd
+from harvest.errors import INTERRUPTIONS, first_line
+from harvest.run_directory import run_dir
+from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,12 @@ class MLflowTracking(StageStartCallback):
     e.g. the plots other callbacks already sent). Metrics stay with the logger; configure it with
     ``synchronous: false`` so the training loop never waits on the server.
 
+    The run's MLflow run id is kept in ``<run dir>/run.json``: ``harvest fit --ckpt_path last`` of
+    the run continues that MLflow run (RUNNING again) instead of opening a second one. A run stopped
+    by a signal (:class:`harvest.errors.RunInterrupted`) ends KILLED. ``validate``/``test`` of a run's
+    checkpoint are child runs of it (``mlflow.parentRunId``) tagged ``harvest.stage`` and
+    ``harvest.training_run``; a rerun of a saved config is tagged ``harvest.origin_run``.
+
     A server that stops answering mid-run (checked at every epoch end and before uploads) does not
     stop training: the logger is detached with one warning and the run finishes locally (checkpoints,
     ``training_summary.json``, TensorBoard). A server unreachable at start stops the run before any
@@ -90,6 +98,7 @@ class MLflowTracking(StageStartCallback):
         self.health_timeout = health_timeout
         self.buffer_seconds = buffer_seconds
         self._started: set[str] = set()
+        self._resumed: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.buffer_seconds and loggers_of(trainer, MLFlowLogger):
@@ -99,7 +108,8 @@ class MLflowTracking(StageStartCallback):
         """Fail in seconds, before anything runs, when a tracking server is down (``HarvestCLI`` calls it).
 
         Lightning's first MLflow request comes before any callback hook, and MLflow retries an
-        unreachable server for minutes before it gives up.
+        unreachable server for minutes before it gives up. A fit in a run directory that already has
+        an MLflow run (a resume) is pointed at that run here, before Lightning opens one.
         """
         for logger in loggers_of(trainer, MLFlowLogger):
             uri = tracking_uri(logger)
@@ -110,6 +120,29 @@ class MLflowTracking(StageStartCallback):
                     "(mlflow server --host 127.0.0.1 --port <port>), set trainer.logger's tracking_uri to a "
                     "reachable one, or leave MLflow out (--config configs/loggers/tensorboard.yaml)."
                 )
+        previous = rd.run_record(run_dir(trainer)).get("mlflow_run_id")
+        if previous and trainer.state.fn == "fit" and trainer.is_global_zero:
+            for logger in loggers_of(trainer, MLFlowLogger):
+                if logger._run_id is None:
+                    self._continue(logger, previous)
+
+    def _continue(self, logger: MLFlowLogger, run_id: str) -> None:
+        """Log into the MLflow run this run directory had before (a resume), marked RUNNING again."""
+        from mlflow.exceptions import MlflowException
+
+        client = logger._mlflow_client
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            log.warning(
+                "MLflow run %s of this run directory is not in %s: a new MLflow run is opened.",
+                run_id,
+                tracking_uri(logger),
+            )
+            return
+        client.update_run(run_id, status="RUNNING")
+        logger._run_id = run_id
+        self._resumed.add(run_id)
 
     # ------------------------------------------------------------------ start
     @rank_zero_only
@@ -124,21 +157,27 @@ class MLflowTracking(StageStartCallback):
         from mlflow.entities import Param, RunTag
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        git = git_info()
+        git, folder = git_info(), run_dir(trainer)
+        rd.update_run_record(folder, mlflow_run_id=logger.run_id)
+        training = rd.training_run_of(folder) if rd.is_stage_dir(folder) else None
         tags = {
             "pipeline": pipeline(trainer),
             "git_commit": git.get("commit"),
             "git_dirty": git.get("dirty"),
             "mlflow.source.git.commit": git.get("commit"),
-            "run_dir": str(run_dir(trainer).resolve()),
+            "run_dir": str(folder.resolve()),
             "harvest_version": harvest.__version__,
+            "harvest.stage": trainer.state.fn.value if trainer.state.fn else None,
+            "harvest.origin_run": rd.run_record(folder).get("origin_run"),
+            "harvest.training_run": training.name if training else None,
+            "mlflow.parentRunId": rd.run_record(training).get("mlflow_run_id") if training else None,
         }
         client = logger.experiment
         client.log_batch(
             logger.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v], synchronous=False
         )
         config = run_config(trainer)
-        if self.log_params and config:
+        if self.log_params and config and logger.run_id not in self._resumed:  # a resumed run has them
             params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(config).items()]
             for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
                 client.log_batch(
@@ -171,7 +210,10 @@ class MLflowTracking(StageStartCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         for logger in loggers_of(trainer, MLFlowLogger):
-            if logger._run_id is None and isinstance(exception, tracker_errors()):
+            if logger._run_id is not None and isinstance(exception, INTERRUPTIONS):
+                self._guard(trainer, logger, "the interrupted run's end", lambda lg=logger: self._upload(trainer, lg))
+                self._guard(trainer, logger, "the interrupted run's end", lambda lg=logger: _end_killed(lg))
+            elif logger._run_id is None and isinstance(exception, tracker_errors()):
                 uri = tracking_uri(logger)
                 log.error(
                     "MLflow tracking store %s cannot be reached (%s): the run stopped before training, "
@@ -224,6 +266,12 @@ class MLflowTracking(StageStartCallback):
             run_dir(trainer),
             logger._run_id,
         )
+
+
+def _end_killed(logger: MLFlowLogger) -> None:
+    """End the logger's MLflow run as KILLED; Lightning's own ``finalize("failed")`` that follows does nothing."""
+    logger.finalize("KILLED")
+    logger._initialized = False
 
 
 def _mlflow_error() -> type[BaseException]:

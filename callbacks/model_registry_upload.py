@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
-from callbacks.training_summary import scalar_metrics
-
-if TYPE_CHECKING:  # imported lazily below: harvest.registry imports from this package
-    from harvest.registry import Registry, VersionInfo
+from harvest.registry import Registry, RegistryError, VersionInfo, open_registry
+from harvest.run_directory import run_dir as run_dir_of
+from harvest.run_directory import scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +108,9 @@ class ModelRegistryUpload(Callback):
 
     def register(self, trainer: pl.Trainer) -> None:
         """Register the run's best checkpoint now (what ``teardown`` of ``fit`` calls)."""
-        from harvest.registry import RegistryError, open_registry
-
         checkpoint = trainer.checkpoint_callback
         path = getattr(checkpoint, "best_model_path", "") or getattr(checkpoint, "last_model_path", "")
-        run_dir = Path(trainer.default_root_dir)
+        run_dir = run_dir_of(trainer)
         later = f"register it later with `harvest registry register {run_dir} --name {self.name}`"
         if not path or not Path(path).is_file():
             log.warning(
@@ -167,8 +163,6 @@ class ModelRegistryUpload(Callback):
     def _maybe_stage(
         self, registry: Registry, info: VersionInfo, monitor: str | None, mode: str, score: float | None
     ) -> None:
-        from harvest.registry import RegistryError
-
         try:
             current = registry.resolve(f"{self.name}@{STAGING}")
         except RegistryError:

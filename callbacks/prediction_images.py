@@ -7,7 +7,6 @@ placed so that they do not cover one another.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,6 +19,7 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from callbacks.logger_media import log_image_file
+from harvest.run_directory import run_dir
 
 _GROUND_TRUTH = (255, 255, 255)
 _PALETTE = ["#ff3b30", "#ffcc00", "#00c7be", "#007aff", "#af52de", "#ff9500", "#ff2d55"]
@@ -239,7 +239,7 @@ class PredictionImages(Callback):
         ]
         grid = make_grid(padded, nrow=min(len(padded), 4), padding=4, pad_value=255)
         path = (
-            Path(trainer.default_root_dir)
+            run_dir(trainer)
             / self.dirname
             / f"predictions_epoch{trainer.current_epoch:03d}.png"
         )

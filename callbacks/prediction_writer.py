@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from harvest.run_directory import run_dir
 from harvest.serving import detection_record
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class PredictionWriter(BasePredictionWriter):
         self.count = 0
 
     def _path(self, trainer: pl.Trainer) -> Path:
-        path = Path(trainer.default_root_dir) / self.filename
+        path = run_dir(trainer) / self.filename
         return (
             path.with_suffix(f".rank{trainer.global_rank}{path.suffix}") if trainer.world_size > 1 else path
         )

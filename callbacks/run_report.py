@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from rich.table import Table
 
-from callbacks.training_summary import logged_values
 from harvest.console import console as output_console
+from harvest.run_directory import logged_values
 from harvest.tracking import run_dir
 
 

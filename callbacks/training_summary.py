@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from harvest.tracking import run_dir
+from harvest import run_directory as rd
+from harvest.errors import INTERRUPTIONS
+from harvest.run_directory import logged_values, scalar_metrics, write_json_atomic
+from harvest.tracking import git_info
 
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """Plain floats from a metrics dict (one-element tensors included); non-finite values become ``None``."""
-    out: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value) if math.isfinite(value) else None
-    return out
-
-
-def logged_values(trainer: pl.Trainer) -> dict[str, float | None]:
-    """Every scalar metric logged so far, with its latest value (what loggers and callbacks have seen)."""
-    values = scalar_metrics(trainer.logged_metrics)
-    values.update(scalar_metrics(trainer.callback_metrics))
-    return values
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON next to ``path`` and rename it into place, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+__all__ = ["TrainingSummary", "logged_values", "scalar_metrics", "write_json_atomic"]  # helpers' old home
 
 
 def _now() -> str:
@@ -51,16 +24,19 @@ def _now() -> str:
 
 
 class TrainingSummary(Callback):
-    """Write ``training_summary.json`` into the run directory (``trainer.default_root_dir``).
+    """Write ``training_summary.json`` into the run directory (or the stage directory of a test…).
 
     Written after every training epoch (so an interrupted run still leaves one), at the end of
     ``fit`` and after ``validate`` / ``test``, on rank zero only, with or without loggers. Keys:
-    ``run_name``, ``status``, ``epochs_trained``, ``best_epoch``, ``monitor``, ``mode``,
-    ``best_score``, ``best_checkpoint``, ``last_checkpoint``, ``history`` (one dict of epoch
-    metrics per epoch), ``final_metrics`` (every metric logged, with its last value), ``results``
-    (the LightningModule's ``run_results`` dict when it has one, e.g. the best SSL algorithm's name),
-    ``skipped_files`` (how many files the data module left out under ``on_bad_data: skip``; the
-    dataset card names them) and ``timing``.
+    ``run_name``, ``stage``, ``status`` (``running``, ``completed``, ``interrupted`` after a
+    signal, ``failed: …``), ``epochs_trained``, ``best_epoch``, ``monitor``, ``mode``,
+    ``best_score``, ``best_checkpoint`` and ``last_checkpoint`` (as on disk, else ``null``),
+    ``history`` (one dict of epoch metrics per epoch, each epoch once, a resume included),
+    ``final_metrics`` (every metric logged, with its last value), ``results`` (the LightningModule's
+    ``run_results`` dict when it has one, e.g. the best SSL algorithm's name), ``git`` (commit and
+    uncommitted changes of the code that trained), ``training_run`` and ``origin_run`` (the run a
+    stage evaluates; the run whose config was rerun), ``skipped_files`` (how many files the data
+    module left out under ``on_bad_data: skip``; the dataset card names them) and ``timing``.
 
     Args:
         filename: Name of the file inside the run directory.
@@ -72,6 +48,8 @@ class TrainingSummary(Callback):
         self.final_metrics: dict[str, float | None] = {}
         self.timing: dict[str, Any] = {}
         self.status = "not started"
+        self.git: dict[str, str] = {}
+        self._resumed = False
         self._epoch_started = 0.0
         self._fit_started = 0.0
 
@@ -81,6 +59,33 @@ class TrainingSummary(Callback):
         self._fit_started = time.perf_counter()
         self.timing.setdefault("started", _now())
         self.timing.setdefault("epoch_seconds", [])
+        if trainer.is_global_zero:
+            self.git = git_info()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path:  # the loops are restored now: current_epoch is the first resumed epoch
+            self._resume_history(trainer)
+
+    def _resume_history(self, trainer: pl.Trainer) -> None:
+        """Keep each epoch before the resumed one once: the checkpoint's rows, completed by what the file has.
+
+        A checkpoint written at validation end does not hold its own epoch's row yet (the row is
+        written at the end of the training epoch); the summary file written after it does.
+        """
+        start = trainer.current_epoch
+        rows = {row["epoch"]: row for row in self.history}
+        for row in rd.read_summary(rd.run_dir(trainer)).get("history") or []:
+            rows.setdefault(row.get("epoch"), row)
+        self.history = [rows[epoch] for epoch in sorted(e for e in rows if isinstance(e, int) and e < start)]
+        self._resumed = True  # the rows are complete; what the restored loop holds is not the last epoch's
+        self.timing["epoch_seconds"] = list(self.timing.get("epoch_seconds", []))[: len(self.history)]
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.status = "running"
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self.status = "running"
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._refresh_last_row(trainer)
@@ -108,18 +113,26 @@ class TrainingSummary(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
+            self.status = "completed"
             self._finish(trainer)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.status = "completed"
         self._finish(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.status = f"failed: {type(exception).__name__}: {exception}"
+        if isinstance(exception, INTERRUPTIONS):
+            self.status = "interrupted"
+        else:
+            self.status = f"failed: {type(exception).__name__}: {exception}"
         self._finish(trainer)
 
     def _refresh_last_row(self, trainer: pl.Trainer) -> None:
         # Callbacks run before the LightningModule's own ``on_train_epoch_end``; what it logs there
         # belongs to the epoch just ended and is still the latest value when the next epoch starts.
+        if self._resumed:
+            self._resumed = False
+            return
         if self.history and self.history[-1]["epoch"] == trainer.current_epoch - 1:
             self.history[-1].update(scalar_metrics(trainer.callback_metrics))
 
@@ -130,6 +143,7 @@ class TrainingSummary(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.timing = dict(state_dict.get("timing", {}))
+        self.timing.pop("finished", None)
 
     # ------------------------------------------------------------------ content
     def _finish(self, trainer: pl.Trainer) -> None:
@@ -153,13 +167,18 @@ class TrainingSummary(Callback):
         scored = [row for row in self.history if monitor and row.get(monitor) is not None]
         best_row = (min if mode == "min" else max)(scored, key=lambda r: r[monitor]) if scored else None
         checkpoint = trainer.checkpoint_callback
-        best_path = getattr(checkpoint, "best_model_path", "") or None
+        best_path = _on_disk(getattr(checkpoint, "best_model_path", ""))
         best_score = getattr(checkpoint, "best_model_score", None)
-        last_path = getattr(checkpoint, "last_model_path", "") or None
+        last_path = _on_disk(getattr(checkpoint, "last_model_path", ""))
         if best_score is None and best_row is not None:
             best_score = best_row[monitor]
+        folder = rd.run_dir(trainer)
+        stage = str(trainer.state.fn.value) if trainer.state.fn else None
+        if not self.git and stage == "fit":
+            self.git = rd.recorded_git(folder)
         return {
-            "run_name": run_dir(trainer).name,
+            "run_name": folder.name,
+            "stage": stage,
             "status": self.status,
             "epochs_trained": len(self.history),
             "best_epoch": best_row["epoch"] if best_row else None,
@@ -172,9 +191,17 @@ class TrainingSummary(Callback):
             "final_metrics": dict(sorted(self.final_metrics.items())),
             "results": getattr(trainer.lightning_module, "run_results", None),
             "skipped_files": len(getattr(trainer.datamodule, "skipped_files", None) or []),
+            "git": self.git or None,
+            "training_run": str(rd.training_run_of(folder)) if rd.is_stage_dir(folder) else None,
+            "origin_run": rd.run_record(folder).get("origin_run"),
             "timing": self.timing,
         }
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer) -> None:
-        write_json_atomic(run_dir(trainer) / self.filename, self.summary(trainer))
+        write_json_atomic(rd.run_dir(trainer) / self.filename, self.summary(trainer))
+
+
+def _on_disk(path: str | None) -> str | None:
+    """``path`` when the file is there (what the summary names must exist), else ``None``."""
+    return path if path and Path(path).is_file() else None

@@ -11,7 +11,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.stage_start import StageStartCallback
-from harvest.tracking import git_info, loggers_of, pipeline, run_config, run_dir, wandb_api_key_available
+from harvest import run_directory as rd
+from harvest.errors import INTERRUPTIONS
+from harvest.run_directory import run_dir
+from harvest.tracking import git_info, loggers_of, pipeline, run_config, wandb_api_key_available
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ class WandbTracking(StageStartCallback):
     (pipeline, run directory, git commit, uncommitted changes or not). When the run is offline (the
     CLI chooses offline when no API key is set, see ``harvest.run_setup``), one line says so and
     gives the ``wandb sync`` command.
+    The W&B run id is kept in ``<run dir>/run.json``: a resume (``--ckpt_path last``) continues the
+    same W&B run. Every run is in the group of its training run, with ``job_type`` its stage
+    (``fit``, ``validate``, ``test``), so a test of a run's checkpoint sits beside the run that
+    trained it. A run stopped by a signal is marked preempted.
     Project, entity and tags come from the logger's config or the usual ``WANDB_PROJECT``,
     ``WANDB_ENTITY`` and ``WANDB_TAGS`` variables.
 
@@ -58,6 +65,18 @@ class WandbTracking(StageStartCallback):
         self.finish = finish
         self._announced: set[str] = set()
 
+    def preflight(self, trainer: pl.Trainer) -> None:
+        """Before Lightning opens the W&B run (``HarvestCLI`` calls it): its group, job type and, on a resume, id."""
+        folder, stage = run_dir(trainer), trainer.state.fn.value if trainer.state.fn else "fit"
+        previous = rd.run_record(folder).get("wandb_run_id") if stage == "fit" else None
+        for logger in loggers_of(trainer, WandbLogger):
+            if logger._experiment is None:  # before Lightning opens the run
+                logger._wandb_init.setdefault("group", rd.training_run_of(folder).name)
+                logger._wandb_init.setdefault("job_type", stage)
+                if previous and not logger._wandb_init.get("id"):
+                    logger._wandb_init.update(id=previous, resume="allow")
+                    logger._id = previous
+
     @rank_zero_only
     def stage_started(self, trainer: pl.Trainer) -> None:
         config = run_config(trainer) or {}
@@ -67,6 +86,7 @@ class WandbTracking(StageStartCallback):
             if run.id in self._announced:
                 continue
             self._announced.add(run.id)
+            rd.update_run_record(run_dir(trainer), wandb_run_id=run.id)
             extra = {"pipeline": pipeline(trainer), "run_dir": str(run_dir(trainer).resolve())}
             extra.update({f"git_{key}": value for key, value in git.items()})
             run.config.update({**config, "harvest": extra}, allow_val_change=True)
@@ -76,6 +96,16 @@ class WandbTracking(StageStartCallback):
                     _offline_reason(logger),
                     offline_dir(run),
                 )
+
+    @rank_zero_only
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, INTERRUPTIONS):
+            return
+        for logger in loggers_of(trainer, WandbLogger):
+            if logger._experiment is not None:
+                logger.experiment.mark_preempting()
+                logger.experiment.finish(exit_code=1)
+                logger._experiment = None
 
     @rank_zero_only
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from callbacks.training_summary import write_json_atomic
 from datamodules.image_folder import (
     ImageDataset,
     build_transform,
@@ -28,6 +27,7 @@ from datamodules.labeled_split import make_split
 from datamodules.synthetic import SyntheticGroceries
 from datamodules.unlabeled import TwoViewDataset, strong_transform
 from harvest.image_io import BadImageError, bad_image_message
+from harvest.run_directory import run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class GroceriesDataModule(pl.LightningDataModule):
         self.split = split
         trainer = self.trainer
         if trainer is not None and not trainer.fast_dev_run and trainer.is_global_zero:
-            write_json_atomic(Path(trainer.default_root_dir) / self.split_filename, split)
+            write_json_atomic(run_dir(trainer) / self.split_filename, split)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_root is not None:

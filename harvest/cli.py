@@ -13,15 +13,24 @@ import logging
 import os
 import sys
 import warnings
+from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks.config_saver import RunConfigSaver
-from harvest.errors import first_line
-from harvest.run_setup import apply_run_layout, pipeline_name, resolve_precision, resolve_run_name, runs_folder
+from harvest import run_directory as rd
+from harvest.errors import RunInterrupted, config_error_line, first_line
+from harvest.run_setup import (
+    apply_run_layout,
+    drop_progress_bars,
+    pipeline_name,
+    prepare_run_dir,
+    resolve_precision,
+)
 
 #: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
 TOOLS: dict[str, str] = {
@@ -37,16 +46,35 @@ TOOLS: dict[str, str] = {
 _COMPONENT_MODULES = ("lightning_modules", "datamodules", "callbacks")
 
 
+class HarvestArgumentParser(LightningArgumentParser):
+    """Config mistakes as one line naming the key, the value and the closest valid key, then a usage hint."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # noqa: D102
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG") or os.environ.get("HARVEST_DEBUG"):
+            super().error(message, ex)  # raises (inner parsers, debugging) or prints jsonargparse's report
+        parser = getattr(ex, "subcommand_parser", None) or self
+        options = [o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        command = parser.prog.replace("[options] ", "").split(" ", 1)[-1] if " " in parser.prog else ""
+        sys.stderr.write(
+            f"harvest: error: {config_error_line(message, options)}\n"
+            f"  (`{f'harvest {command}'.strip()} --help` lists every option; HARVEST_DEBUG=1 shows the full report)\n"
+        )
+        sys.exit(2)
+
+
 class HarvestCLI(LightningCLI):
     """LightningCLI with Harvest's run layout, argument links and precision fallback."""
 
     run_dir: Path | None = None
+    #: The config as ``config.yaml`` stores it: no directory pinned, ``origin_run`` naming this run.
+    saved_config: Any = None
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         for module in _COMPONENT_MODULES:
             importlib.import_module(module)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", HarvestArgumentParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault(
@@ -56,27 +84,68 @@ class HarvestCLI(LightningCLI):
                 "epilog": "Harvest's own tools: " + ", ".join(f"harvest {tool} --help" for tool in TOOLS),
             },
         )
-        super().__init__(args=args, run=run, **kwargs)
+        try:
+            super().__init__(args=args, run=run, **kwargs)
+        except BaseException:
+            if self.run_dir is not None and rd.launcher_rank() == 0:
+                rd.remove_if_empty(self.run_dir)  # a command that failed before writing leaves no run behind
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_name",
             type=str | None,
             default=None,
-            help="Run name used for the run directory and in every tracker (default: <pipeline>_<YYYYmmdd_HHMMSS>).",
+            help="Run name used for the run directory and in every tracker (default: <pipeline>_<YYYYmmdd_HHMMSS>; "
+            "an existing run is refused unless --ckpt_path resumes it or --overwrite true).",
+        )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Delete an existing run of the same --run_name first."
+        )
+        parser.add_argument(
+            "--origin_run",
+            type=str | None,
+            default=None,
+            help="The run whose config.yaml this is (written into every saved config; a rerun records it).",
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters right after parsing (and takes its model
+        # class): check the file first, so a bad one fails naming its path and what is wrong with it.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc"):
+            model = self.config[subcommand].get("model")
+            problem = rd.checkpoint_problem(ckpt_path, getattr(model, "class_path", None))
+            if problem:
+                raise ValueError(problem)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         pipeline = pipeline_name(config.get("data"))
-        config.run_name = resolve_run_name(config.get("run_name"), pipeline, runs_root=runs_folder(config.trainer))
-        self.run_dir = apply_run_layout(config.trainer, config.run_name, pipeline)
+        check_one_optimizer(config)
+        drop_progress_bars(config.trainer)
+        saved = deepcopy(config)
+        self.run_dir = prepare_run_dir(self.subcommand or "fit", config, pipeline)
+        config.run_name = self.run_dir.name
+        apply_run_layout(config.trainer, self.run_dir, pipeline)
         resolve_precision(config.trainer)
+        saved.run_name, saved.overwrite, saved.origin_run = None, False, rd.tracker_run_name(self.run_dir)
+        if self.subcommand == "fit":
+            saved.ckpt_path = None  # rerunning the config starts a new run; resuming names the run
+        self.saved_config = saved
+        if config.get("origin_run") and rd.launcher_rank() == 0:
+            rd.update_run_record(self.run_dir, origin_run=config.origin_run)
 
     def preflight(self) -> None:
-        """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``)."""
+        """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``).
+
+        ``trainer.state.fn`` already names the stage then (Lightning sets it again when the stage starts).
+        """
+        self.trainer.state.fn = TrainerFn(self.subcommand)
         for callback in self.trainer.callbacks:
             check = getattr(callback, "preflight", None)
             if callable(check):
@@ -92,6 +161,35 @@ class HarvestCLI(LightningCLI):
             if error.__cause__ is not None and "Does not validate against any of the Union subtypes" in str(error):
                 raise error.__cause__ from None
             raise
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfigSaver) and self.saved_config is not None:
+                callback.config = self.saved_config
+        if self.subcommand == "predict" and not any(
+            getattr(callback, "logs_during_predict", False) for callback in self.trainer.callbacks
+        ):
+            self.trainer.loggers = []  # nothing would be logged: open no empty tracker runs
+
+
+#: LightningCLI's own optimizer options and the model parameter that sets the same thing.
+_TWO_WAYS = {"optimizer": "optimizer", "lr_scheduler": "scheduler"}
+
+
+def check_one_optimizer(config: Any) -> None:
+    """Refuse LightningCLI's ``--optimizer``/``--lr_scheduler`` beside the model's own ``optimizer``/``scheduler``.
+
+    LightningCLI's would silently win: the run trains with one optimizer while ``config.yaml`` and
+    the tracked params name the other.
+    """
+    model_args = (config.get("model") or {}).get("init_args") or {}
+    for option, parameter in _TWO_WAYS.items():
+        given, own = config.get(option), model_args.get(parameter) if hasattr(model_args, "get") else None
+        if given and own:
+            name = lambda v: str(v.get("class_path") if hasattr(v, "get") else v).rsplit(".", 1)[-1]  # noqa: E731
+            raise ValueError(
+                f"--{option} {name(given)} and model.init_args.{parameter} ({name(own)}) both set the {parameter}: "
+                f"keep one: drop --{option} and set --model.init_args.{parameter} {name(given)}, or drop "
+                f"model.init_args.{parameter} (--model.init_args.{parameter} null)."
+            )
 
 
 def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -169,6 +267,9 @@ def main() -> None:
     """
     try:
         cli_main()
+    except RunInterrupted as interrupted:
+        sys.stderr.write(f"harvest: {interrupted}\n")
+        sys.exit(interrupted.exit_code)
     except USER_ERRORS as error:
         if os.environ.get("HARVEST_DEBUG"):
             raise

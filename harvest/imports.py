@@ -1,8 +1,10 @@
 """Optional packages, checked in one place.
 
 Every package that a Harvest feature needs but a plain install may lack is named here once, with
-the extra that installs it. Code that needs one calls :func:`require` and gets a one-line error
-naming the fix instead of an ``ImportError`` from deep inside a run.
+the extra that installs it. Packages ``pyproject.toml`` makes hard dependencies (MLflow, W&B,
+pycocotools, faster-coco-eval, skops) are not checked: an install without them is broken anyway.
+Code that needs an optional one calls :func:`require` and gets a one-line error naming the fix
+instead of an ``ImportError`` from deep inside a run.
 """
 
 from __future__ import annotations
@@ -13,11 +15,6 @@ from lightning_utilities.core.imports import RequirementCache
 OPTIONAL: dict[str, tuple[str, str]] = {
     "optuna": ("optuna>=3.6", "pip install 'harvest-mlops[sweeps]'"),
     "jsonschema": ("jsonschema>=4.18", "pip install 'harvest-mlops[sweeps]'"),
-    "faster_coco_eval": ("faster-coco-eval>=1.6", "pip install faster-coco-eval"),
-    "pycocotools": ("pycocotools>=2.0.8", "pip install pycocotools"),
-    "skops": ("skops>=0.10", "pip install skops"),
-    "wandb": ("wandb>=0.18", "pip install wandb"),
-    "mlflow": ("mlflow>=2.18", "pip install mlflow"),
     "onnxruntime": ("onnxruntime>=1.20", "pip install 'harvest-mlops[export]'"),
 }
 

@@ -21,7 +21,6 @@ from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import Any
 
-from harvest.imports import require
 from harvest.registry_base import RegistryBackend, RegistryError, VersionInfo, decode_record, encode_record
 
 MODEL_ARTIFACT = "model"
@@ -82,7 +81,6 @@ class MlflowBackend(RegistryBackend):
     """
 
     def __init__(self, uri: str) -> None:
-        require("mlflow", "the MLflow model registry")
         from mlflow import MlflowClient
 
         self.uri = uri

@@ -10,8 +10,6 @@ registry recorded and only then reads the weights with ``torch.load(weights_only
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,10 +22,10 @@ import yaml
 from jsonargparse import Namespace
 from jsonargparse.typing import import_object  # type: ignore[attr-defined]
 
-from callbacks.training_summary import scalar_metrics, write_json_atomic
+from harvest import run_directory as rd
 from harvest.reference_profile import EMBEDDINGS, PROFILE
-from harvest.run_setup import DEFAULT_RUNS_DIR, pipeline_name
-from harvest.tracking import git_info
+from harvest.run_directory import DEFAULT_RUNS_DIR, scalar_metrics, sha256_file, write_json_atomic
+from harvest.run_setup import pipeline_name
 
 MANIFEST = "harvest_model.json"
 WEIGHTS = "weights/model.ckpt"
@@ -89,37 +87,20 @@ def run_identity(run_dir: Path | None, run_name: str) -> tuple[str, str | None]:
     return pipeline, experiment
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise RegistryError(
-            f"{path} is not valid JSON ({err}); fix or delete the file and register again."
-        ) from err
+        return rd.read_json(path)
+    except ValueError as err:
+        raise RegistryError(f"{err} Then register again.") from err
 
 
-def _best_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
-    for key in ("best_checkpoint", "last_checkpoint"):
-        if summary.get(key):
-            recorded = Path(summary[key])
-            for candidate in (run_dir / "checkpoints" / recorded.name, recorded):  # the run may have moved
-                if candidate.is_file():
-                    return candidate
-    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
+def _best_checkpoint(run_dir: Path) -> Path:
+    found = rd.best_checkpoint(run_dir)
+    if found is None:
         raise RegistryError(
             f"{run_dir} holds no checkpoint (checkpoints/*.ckpt): train with a ModelCheckpoint first."
         )
-    return found[-1]
+    return found
 
 
 def _recorded_best(run_dir: Path | None, summary: dict[str, Any]) -> Path | None:
@@ -147,7 +128,7 @@ def resolve_source(path_or_run: str | Path) -> ModelSource:
     if path.is_dir():
         run_dir: Path | None = path
         summary = _read_json(path / "training_summary.json")
-        checkpoint = _best_checkpoint(path, summary)
+        checkpoint = _best_checkpoint(path)
     else:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         summary = _read_json(run_dir / "training_summary.json")
@@ -193,13 +174,14 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def git_commit(run_dir: Path | None) -> str | None:
-    """Return the commit the run recorded, else the code's current commit (``-dirty`` when changed)."""
-    for name in ("training_summary.json", "dataset_card.json"):
-        recorded = _read_json(run_dir / name).get("git_commit") if run_dir else None
-        if recorded:
-            return str(recorded)
-    info = git_info()
-    return info["commit"] + ("-dirty" if info["dirty"] == "true" else "") if info else None
+    """The commit the training run recorded (``-dirty`` when it had uncommitted changes), else ``None``.
+
+    Not the commit of whoever registers the model later: that code did not train it.
+    """
+    info = rd.recorded_git(run_dir) if run_dir else {}
+    if not info.get("commit"):
+        return None
+    return info["commit"] + ("-dirty" if info.get("dirty") == "true" else "")
 
 
 def dataset_hash(run_dir: Path | None) -> str | None:

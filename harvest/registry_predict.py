@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from callbacks.training_summary import write_json_atomic
 from datamodules.image_folder import list_images
 from harvest.model_cache import cached_package
 from harvest.registry import Registry, RegistryError
+from harvest.run_directory import write_json_atomic
 from harvest.serving import ServingModel
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from harvest.imports import require
 from harvest.registry_base import LATEST, RECORD_KEYS, RegistryBackend, RegistryError, VersionInfo
 from harvest.tracking import wandb_server_unreachable
 
@@ -36,7 +35,6 @@ class WandbBackend(RegistryBackend):
     """
 
     def __init__(self, uri: str) -> None:
-        require("wandb", "the W&B model registry")
         parsed = urlparse(uri)
         parts = [p for p in (parsed.netloc + parsed.path).split("/") if p]
         self.uri = uri

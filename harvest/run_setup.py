@@ -1,12 +1,19 @@
-"""What the CLI decides about a run before any class is instantiated.
+"""What the CLI decides about a run before any class is instantiated: its directory and its defaults.
 
-A run is named ``<pipeline>_<YYYYmmdd_HHMMSS>`` (the seed's ``fuji_apples_20250101_120000``) and
-lives in one directory, ``<trainer.default_root_dir or runs>/<run name>/``, holding the resolved
-``config.yaml``, ``checkpoints/``, ``training_summary.json``, ``plots/`` and the TensorBoard event
-files. The same name is given to every tracker, so a run is found under one name everywhere.
+Every command writes into a folder of its own, chosen and created here through
+:mod:`harvest.run_directory`:
 
-Only values the user left at their defaults are filled in; anything set in a config or on the
-command line is kept.
+- ``fit`` creates ``<root>/<pipeline>_<YYYYmmdd_HHMMSS>`` (a ``_2``… suffix when another process took
+  the name in the same second), or ``<root>/<pipeline>_job<id>`` under SLURM or ``torchrun`` so
+  that every rank, and a requeued job, finds the same folder. An existing ``--run_name`` is refused
+  unless the command resumes it (``--ckpt_path``) or says ``--overwrite true``. ``--ckpt_path`` of
+  a checkpoint inside a run (or ``last``: the latest run of the pipeline) resumes that run in place.
+- ``validate``/``test``/``predict`` of a run's checkpoint write into ``<run>/stages/<stage>_<time>``;
+  of any other checkpoint, into a run of their own, ``<root>/<pipeline>_<stage>_<time>``.
+
+``root`` is ``trainer.default_root_dir`` as the user gave it, else ``runs``. The trainer, its
+loggers and its checkpoint callbacks are then pointed at that folder; only values the user left at
+their defaults are filled in. The same name is given to every tracker.
 """
 
 from __future__ import annotations
@@ -14,25 +21,29 @@ from __future__ import annotations
 import logging
 import os
 import re
-from datetime import datetime
+import shutil
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 from jsonargparse.typing import import_object  # type: ignore[attr-defined]
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from harvest import run_directory as rd
 from harvest.precision import resolve
 from harvest.tracking import wandb_offline_by_default
 
 log = logging.getLogger(__name__)
 
-#: Shared with child processes (DDP launches the script again per rank) so all ranks agree on the name.
-RUN_NAME_ENV = "HARVEST_RUN_NAME"
-_RUN_NAME_PID_ENV = "HARVEST_RUN_NAME_PID"
-DEFAULT_RUNS_DIR = "runs"
+#: The run directory chosen by the process that started this one (the DDP launcher re-runs the command
+#: per rank), with the pid of that process: all ranks agree on one directory.
+RUN_NAME_ENV = "HARVEST_RUN_DIR"
+_RUN_NAME_PID_ENV = RUN_NAME_ENV + "_PID"
+DEFAULT_RUNS_DIR = rd.DEFAULT_RUNS_DIR
+#: ``ckpt_path`` values that name no file.
+_SPECIAL_CKPT = {"last", "best", "hpc"}
 
 
 def pipeline_name(data_cfg: Any) -> str:
@@ -44,26 +55,97 @@ def pipeline_name(data_cfg: Any) -> str:
     return getattr(cls, "pipeline", None) or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
 
-def resolve_run_name(
-    explicit: str | None, pipeline: str, now: datetime | None = None, runs_root: Path | None = None
-) -> str:
-    """The run name: ``explicit``, else the one a parent process chose, else a new timestamped one.
+def runs_folder(trainer_cfg: Namespace) -> Path:
+    """The folder that holds run directories: ``trainer.default_root_dir``, else ``runs``."""
+    return Path(trainer_cfg.get("default_root_dir") or DEFAULT_RUNS_DIR)
 
-    A name found in the environment is reused only when another process put it there (the DDP
-    launcher's parent, or the user): a second run started in the same process gets its own name,
-    with a ``_2``, ``_3``… suffix when a run of that name already exists under ``runs_root``.
+
+def _claim(folder: Path, resume: bool, overwrite: bool) -> Path:
+    """Create ``folder``; an existing run in it is kept for a resume, replaced with ``overwrite``, else refused."""
+    try:
+        folder.mkdir(parents=True)
+        return folder
+    except FileExistsError:
+        pass
+    if overwrite:
+        log.warning("--overwrite: deleting the run in %s", folder)
+        shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    elif not resume and any(folder.iterdir()):
+        raise FileExistsError(
+            f"{folder} already holds a run: resume it with --ckpt_path last, pick another --run_name, "
+            "or replace it with --overwrite true."
+        )
+    return folder
+
+
+def _inherited() -> Path | None:
+    """The directory the parent process chose (a DDP rank started by Lightning), else ``None``."""
+    if os.environ.get(_RUN_NAME_PID_ENV) in (None, str(os.getpid())):
+        return None
+    value = os.environ.get(RUN_NAME_ENV)
+    return Path(value) if value else None
+
+
+def _fit_dir(root: Path, pipeline: str, explicit: str | None, ckpt: str | None, overwrite: bool) -> Path:
+    job = rd.launcher_job_id()
+    if explicit:
+        return _claim(root / explicit, resume=bool(ckpt), overwrite=overwrite)
+    if job:
+        folder = root / f"{pipeline}_job{job}"
+        if rd.launcher_rank() != 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        return _claim(folder, resume=bool(ckpt) or requeued, overwrite=overwrite)
+    if ckpt:
+        run = rd.latest_run(root, pipeline) if ckpt == "last" else None
+        run = run or (rd.run_of_checkpoint(ckpt) if ckpt not in _SPECIAL_CKPT else None)
+        if run is not None:
+            log.info("Resuming run %s from %s", run, ckpt)
+            return run
+    return rd.create_unique(root, f"{pipeline}_{rd.timestamp()}")
+
+
+def _stage_dir(root: Path, pipeline: str, stage: str, explicit: str | None, ckpt: str | None, overwrite: bool) -> Path:
+    training = rd.run_of_checkpoint(ckpt) if ckpt and ckpt not in _SPECIAL_CKPT else None
+    if explicit:
+        if rd.is_run_dir(root / explicit) and not overwrite:
+            training = root / explicit
+        else:
+            return _claim(root / explicit, resume=False, overwrite=overwrite)
+    job = rd.launcher_job_id()
+    parent, base = (training / rd.STAGES, stage) if training else (root, f"{pipeline}_{stage}")
+    if job:
+        folder = parent / f"{base}_job{job}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return rd.create_unique(parent, f"{base}_{rd.timestamp()}")
+
+
+def prepare_run_dir(subcommand: str, config: Namespace, pipeline: str) -> Path:
+    """Choose and create the folder this command writes into (see the module docstring); all ranks agree.
+
+    Args:
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        config: The subcommand's parsed config (``run_name``, ``ckpt_path``, ``overwrite``, ``trainer``).
+        pipeline: The pipeline's name, the first part of generated run names.
+
+    Returns:
+        The run directory (``fit``) or stage directory.
     """
-    inherited = os.environ.get(RUN_NAME_ENV) if os.environ.get(_RUN_NAME_PID_ENV) != str(os.getpid()) else None
-    name = explicit or inherited
-    if not name:
-        name = base = f"{pipeline}_{(now or datetime.now()):%Y%m%d_%H%M%S}"
-        suffix = 1
-        while runs_root is not None and (runs_root / name).exists():
-            suffix += 1
-            name = f"{base}_{suffix}"
-    os.environ[RUN_NAME_ENV] = name
-    os.environ[_RUN_NAME_PID_ENV] = str(os.getpid())
-    return name
+    folder = _inherited()
+    if folder is None:
+        root, ckpt = runs_folder(config.trainer), config.get("ckpt_path")
+        ckpt = str(ckpt) if ckpt else None
+        explicit, overwrite = config.get("run_name"), bool(config.get("overwrite"))
+        if subcommand == "fit":
+            folder = _fit_dir(root, pipeline, explicit, ckpt, overwrite)
+        else:
+            folder = _stage_dir(root, pipeline, subcommand, explicit, ckpt, overwrite)
+        os.environ[RUN_NAME_ENV] = str(folder)
+        os.environ[_RUN_NAME_PID_ENV] = str(os.getpid())
+    return folder
 
 
 def _items(value: Any) -> list[Namespace]:
@@ -86,38 +168,31 @@ def _fill(init_args: Namespace, key: str, default: Any, value: Any) -> None:
         init_args[key] = value
 
 
-def runs_folder(trainer_cfg: Namespace) -> Path:
-    """The folder that holds run directories: ``trainer.default_root_dir``, else ``runs``."""
-    return Path(trainer_cfg.get("default_root_dir") or DEFAULT_RUNS_DIR)
-
-
-def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Path:
-    """Point the trainer, its loggers and its checkpoint callbacks at the run directory.
+def apply_run_layout(trainer_cfg: Namespace, folder: Path, pipeline: str) -> Path:
+    """Point the trainer, its loggers and its checkpoint callbacks at ``folder``.
 
     Args:
         trainer_cfg: The ``trainer`` section of the parsed config, changed in place.
-        run_name: Name of the run, used as directory name and as run name in every tracker.
+        folder: The run (or stage) directory from :func:`prepare_run_dir`.
         pipeline: Pipeline name, used as MLflow experiment and W&B project when those are unset.
 
     Returns:
-        The run directory.
+        ``folder``.
     """
-    root = runs_folder(trainer_cfg)
-    run_dir = root if root.name == run_name else root / run_name
-    trainer_cfg.default_root_dir = str(run_dir)
-
+    trainer_cfg.default_root_dir = str(folder)
+    name = rd.tracker_run_name(folder)
     for item in _items(trainer_cfg.get("logger")):
         args = item.get("init_args") or Namespace()
         item.init_args = args
         if _is(item, TensorBoardLogger) or _is(item, CSVLogger):
             if args.get("name", "lightning_logs") == "lightning_logs" and args.get("version") is None:
-                args.save_dir, args.name, args.version = str(run_dir.parent), run_dir.name, ""
+                args.save_dir, args.name, args.version = str(folder.parent), folder.name, ""
         elif _is(item, MLFlowLogger):
             _fill(args, "experiment_name", "lightning_logs", pipeline)
-            _fill(args, "run_name", None, run_name)
+            _fill(args, "run_name", None, name)
         elif _is(item, WandbLogger):
-            _fill(args, "name", None, run_name)
-            _fill(args, "save_dir", ".", str(run_dir.resolve()))  # a shared wandb-core has its own cwd
+            _fill(args, "name", None, name)
+            _fill(args, "save_dir", ".", str(folder.resolve()))  # a shared wandb-core has its own cwd
             _fill(args, "project", None, os.environ.get("WANDB_PROJECT") or f"harvest-{pipeline}")
             if not args.get("log_model"):
                 _fill(args, "offline", False, wandb_offline_by_default())  # no API key: offline
@@ -125,8 +200,14 @@ def apply_run_layout(trainer_cfg: Namespace, run_name: str, pipeline: str) -> Pa
     for item in _items(trainer_cfg.get("callbacks")):
         if _is(item, ModelCheckpoint):
             item.init_args = item.get("init_args") or Namespace()
-            _fill(item.init_args, "dirpath", None, str(run_dir / "checkpoints"))
-    return run_dir
+            _fill(item.init_args, "dirpath", None, str(folder / rd.CHECKPOINTS))
+    return folder
+
+
+def drop_progress_bars(trainer_cfg: Namespace) -> None:
+    """With ``enable_progress_bar: false``, leave out the progress-bar callbacks a recipe lists."""
+    if trainer_cfg.get("enable_progress_bar") is False and isinstance(trainer_cfg.get("callbacks"), list):
+        trainer_cfg.callbacks = [item for item in trainer_cfg.callbacks if not _is(item, ProgressBar)]
 
 
 def resolve_precision(trainer_cfg: Namespace) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from callbacks.training_summary import write_json_atomic
 from harvest.console import console as output_console
+from harvest.run_directory import write_json_atomic
 from harvest.sweep_space import SweepSpec, nested_overrides
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from callbacks.mlflow_tracking import tracking_uri
 from callbacks.model_registry_upload import ModelRegistryUpload
-from callbacks.training_summary import scalar_metrics
 from harvest.cli import HarvestCLI
+from harvest.run_directory import scalar_metrics
 from harvest.sweep_keys import effective_values
 from harvest.tracking import loggers_of
 

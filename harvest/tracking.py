@@ -16,25 +16,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lightning.pytorch as pl
-import yaml
 
 import harvest
+from harvest.run_directory import CONFIG_FILENAME, read_config, run_dir, tracker_run_name
 
 log = logging.getLogger(__name__)
 
-#: File the CLI writes into every run directory (``callbacks.config_saver.RunConfigSaver``).
-CONFIG_FILENAME = "config.yaml"
 Scalar = bool | int | float | str
 
 
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The run directory (``trainer.default_root_dir``, laid out by ``harvest.run_setup``)."""
-    return Path(trainer.default_root_dir)
-
-
 def run_name(trainer: pl.Trainer) -> str:
-    """The run's name: the same in the run directory and in every tracker."""
-    return run_dir(trainer).name
+    """The run's name in every tracker: the run directory's, ``<run>/<stage folder>`` for a stage."""
+    return tracker_run_name(run_dir(trainer))
 
 
 def pipeline(trainer: pl.Trainer) -> str | None:
@@ -49,10 +42,9 @@ def loggers_of(trainer: pl.Trainer, cls: type) -> list[Any]:
 
 def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
     """The resolved CLI config of this run (``<run dir>/config.yaml``), or ``None`` outside the CLI."""
-    path = run_dir(trainer) / CONFIG_FILENAME
-    if not path.is_file():
+    if not (run_dir(trainer) / CONFIG_FILENAME).is_file():
         return None
-    return yaml.safe_load(path.read_text()) or {}
+    return read_config(run_dir(trainer))
 
 
 def _segment(item: Any, index: int, taken: set[str]) -> str:

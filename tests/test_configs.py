@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import CONFIGS, REPO
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
 
-from callbacks import ModelRegistryUpload, RunReport, TrainingSummary
+from callbacks import ModelRegistryUpload, RunCheckpoint, RunReport, TrainingSummary
 from datamodules import GroceriesDataModule
 from harvest.cli import HarvestCLI, cli_main
 from lightning_modules import SemiSupervisedClassifier
@@ -110,7 +110,7 @@ def test_grocery_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_groceries: 
         "bread",
     ]  # linked from the data
     callbacks = {type(c): c for c in real.trainer.callbacks}
-    assert callbacks[ModelCheckpoint].monitor == "val/accuracy" and callbacks[ModelCheckpoint].save_last
+    assert callbacks[RunCheckpoint].monitor == "val/accuracy" and callbacks[RunCheckpoint].save_last
     assert callbacks[EarlyStopping].monitor == "val/accuracy" and callbacks[EarlyStopping].mode == "max"
     assert any(isinstance(c, LearningRateMonitor) for c in real.trainer.callbacks)
     assert {RichProgressBar, TrainingSummary, RunReport} <= set(callbacks)
@@ -151,7 +151,7 @@ def test_fuji_configs_instantiate_on_tiny_data(in_tmp: Path, tiny_orchard: Path)
     assert isinstance(model, MaskRCNNModule) and model.hparams.arch == "maskrcnn_resnet50_fpn_v2"
     assert model.hparams.num_classes == 2 and model.class_names == ["background", "apple"]  # linked from the data
     callbacks = {type(c): c for c in real.trainer.callbacks}
-    assert callbacks[ModelCheckpoint].monitor == "val_segm/mAP" and callbacks[ModelCheckpoint].save_last
+    assert callbacks[RunCheckpoint].monitor == "val_segm/mAP" and callbacks[RunCheckpoint].save_last
     assert callbacks[EarlyStopping].monitor == "val_segm/mAP" and callbacks[EarlyStopping].mode == "max"
     assert {RichProgressBar, TrainingSummary, RunReport, PredictionImages} <= set(callbacks)
     assert real.trainer.gradient_clip_val == 10.0

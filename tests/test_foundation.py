@@ -19,7 +19,7 @@ from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import cli_main
 from harvest.precision import cpu_computes_natively
-from harvest.run_setup import apply_run_layout, resolve_precision, resolve_run_name
+from harvest.run_setup import apply_run_layout, prepare_run_dir, resolve_precision
 
 TOY, FAST, CHECKPOINT = TOY_ARGS, QUIET_ARGS, CHECKPOINT_ARGS
 SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
@@ -43,8 +43,9 @@ def test_fit_lays_out_one_run_directory_with_config_checkpoints_and_summary() ->
     assert run_dir.name.startswith("toy_") and datetime.strptime(run_dir.name[4:], "%Y%m%d_%H%M%S")
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"last.ckpt"}
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard events belong in the run directory"
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["run_name"] == run_dir.name and saved["trainer"]["default_root_dir"] == str(run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # reruns as a new run: no directory pinned
+    assert saved["run_name"] is None and saved["trainer"]["default_root_dir"] is None
+    assert saved["origin_run"] == run_dir.name
 
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_trained"] == 3
@@ -65,11 +66,17 @@ def test_summary_is_written_without_any_logger_and_updated_by_test() -> None:
     )
     run_dir = _run_dir()
     ckpt = cli.trainer.checkpoint_callback.best_model_path
-    cli_main(
+    fitted = (run_dir / "training_summary.json").read_bytes()
+    cli = cli_main(
         ["test", *TOY, "--run_name", run_dir.name, "--trainer.logger", "false", *FAST, *SUMMARY, "--ckpt_path", ckpt]
     )
 
-    summary = json.loads((run_dir / "training_summary.json").read_text())
+    stage = Path(cli.trainer.default_root_dir)  # a stage folder of the run; the run's own summary is untouched
+    assert stage.parent == run_dir / "stages" and stage.name.startswith("test_")
+    assert (run_dir / "training_summary.json").read_bytes() == fitted
+    summary = json.loads((stage / "training_summary.json").read_text())
+    assert summary["stage"] == "test" and summary["status"] == "completed"
+    assert summary["training_run"] == str(run_dir)
     assert 0.0 <= summary["final_metrics"]["toy/test_accuracy"] <= 1.0
 
 
@@ -88,22 +95,31 @@ def test_run_report_prints_the_table_and_where_outputs_are(capsys: pytest.Captur
     assert f"run directory: {_run_dir()}" in out
 
 
-def test_run_name_is_shared_with_child_processes_only() -> None:
-    first = resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 5))
-    assert first == "fuji_apples_20250102_030405"
+def _plan(subcommand: str = "fit", **values: object) -> Path:
+    config = Namespace(trainer=Namespace(default_root_dir=None), run_name=None, ckpt_path=None, overwrite=False)
+    for key, value in values.items():
+        config[key] = value
+    return prepare_run_dir(subcommand, config, "toy")
+
+
+def test_run_directory_is_shared_with_child_processes_only() -> None:
+    first = _plan()
+    assert first.parent == Path("runs") and first.is_dir() and datetime.strptime(first.name[4:], "%Y%m%d_%H%M%S")
     child = subprocess.run(
-        [sys.executable, "-c", "from harvest.run_setup import resolve_run_name; print(resolve_run_name(None, 'x'))"],
+        [
+            sys.executable,
+            "-c",
+            "from jsonargparse import Namespace; from harvest.run_setup import prepare_run_dir; "
+            "print(prepare_run_dir('fit', Namespace(trainer=Namespace(default_root_dir=None)), 'x'))",
+        ],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert child.stdout.strip() == first  # a DDP rank launched by this process gets the same name
-    # a second run in the same process (a sweep, the demo) gets its own name
-    assert resolve_run_name(None, "fuji_apples", now=datetime(2025, 1, 2, 3, 4, 6)) == "fuji_apples_20250102_030406"
-    Path("runs/fuji_apples_20250102_030407").mkdir(parents=True)
-    later = datetime(2025, 1, 2, 3, 4, 7)
-    assert resolve_run_name(None, "fuji_apples", now=later, runs_root=Path("runs")) == "fuji_apples_20250102_030407_2"
-    assert resolve_run_name("mine", "fuji_apples") == "mine"
+    assert child.stdout.strip() == str(first)  # a DDP rank launched by this process gets the same directory
+    second = _plan()  # a second run in the same process (a sweep, the demo) gets its own, even in the same second
+    assert second != first and second.parent == first.parent
+    assert _plan(run_name="mine") == Path("runs/mine")
 
 
 def test_layout_fills_defaults_and_keeps_what_the_user_set() -> None:
@@ -121,7 +137,7 @@ def test_layout_fills_defaults_and_keeps_what_the_user_set() -> None:
             Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath="keep")),
         ],
     )
-    run_dir = apply_run_layout(trainer, "toy_1", "toy")
+    run_dir = apply_run_layout(trainer, Path("runs/toy_1"), "toy")
     assert run_dir == Path("runs/toy_1") and trainer.default_root_dir == "runs/toy_1"
     tensorboard, mlflow = trainer.logger
     assert (tensorboard.init_args.save_dir, tensorboard.init_args.name, tensorboard.init_args.version) == (
@@ -131,8 +147,6 @@ def test_layout_fills_defaults_and_keeps_what_the_user_set() -> None:
     )
     assert (mlflow.init_args.experiment_name, mlflow.init_args.run_name) == ("mine", "toy_1")
     assert [c.init_args.dirpath for c in trainer.callbacks] == ["runs/toy_1/checkpoints", "keep"]
-    # applying the layout to a saved config of the same run does not nest the directory
-    assert apply_run_layout(trainer, "toy_1", "toy") == Path("runs/toy_1")
 
 
 class _Records(logging.Handler):

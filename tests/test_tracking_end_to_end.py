@@ -113,7 +113,7 @@ def _check_mlflow(uri: str, run_dir: Path, summary: dict[str, Any], card: dict[s
     assert run.info.status == "FINISHED"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["model.init_args.backbone"] == "resnet18" and params["data.init_args.image_size"] == "32"
-    assert params["trainer.callbacks.ModelCheckpoint.init_args.monitor"] == "val/accuracy"
+    assert params["trainer.callbacks.RunCheckpoint.init_args.monitor"] == "val/accuracy"
     commit = tags["git_commit"]  # the checkout's commit at run time, an ancestor of HEAD by now
     ancestor = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", commit, "HEAD"])
     assert re.fullmatch("[0-9a-f]{40}", commit) and ancestor.returncode == 0

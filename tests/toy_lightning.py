@@ -35,7 +35,7 @@ class ToyData(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size)
 
-    test_dataloader = val_dataloader
+    test_dataloader = predict_dataloader = val_dataloader
 
 
 class ToyModel(pl.LightningModule):
@@ -66,6 +66,9 @@ class ToyModel(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         accuracy = (self.net(batch[0]).argmax(1) == batch[1]).float().mean()
         self.log("toy/test_accuracy", accuracy)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.net(batch[0]).argmax(1)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/epoch_marker", float(self.current_epoch))
