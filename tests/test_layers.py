@@ -21,7 +21,11 @@ ENTRY_POINTS = {
     "harvest.monitoring",
     "harvest.registry_cli",
     "harvest.data_cli",
+    "harvest.registry_predict",
+    "harvest.ssl_cli",
 }
+#: The sweep tool's own modules (``harvest.sweep_*``) are parts of that entry point.
+ENTRY_PREFIXES = ("harvest.sweep",)
 
 
 def _module(path: Path) -> str:
@@ -44,7 +48,7 @@ def _layer(module: str) -> str | None:
     top = module.split(".")[0]
     if top == "harvest":
         name = ".".join(module.split(".")[:2])
-        return "entry" if name in ENTRY_POINTS else ("core" if name != "harvest" else None)
+        return "entry" if name in ENTRY_POINTS or name.startswith(ENTRY_PREFIXES) else ("core" if name != "harvest" else None)
     return top if top in COMPONENTS else None
 
 
