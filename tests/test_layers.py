@@ -48,7 +48,9 @@ def _layer(module: str) -> str | None:
     top = module.split(".")[0]
     if top == "harvest":
         name = ".".join(module.split(".")[:2])
-        return "entry" if name in ENTRY_POINTS or name.startswith(ENTRY_PREFIXES) else ("core" if name != "harvest" else None)
+        if name in ENTRY_POINTS or name.startswith(ENTRY_PREFIXES):
+            return "entry"
+        return "core" if name != "harvest" else None
     return top if top in COMPONENTS else None
 
 
