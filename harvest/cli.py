@@ -143,9 +143,10 @@ class HarvestCLI(LightningCLI):
     def preflight(self) -> None:
         """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``).
 
-        ``trainer.state.fn`` already names the stage then (Lightning sets it again when the stage starts).
+        ``trainer.state.fn`` already names the stage then (Lightning sets it again when the stage starts);
+        a CLI built with ``run=False`` (a sweep trial) is about to fit.
         """
-        self.trainer.state.fn = TrainerFn(self.subcommand)
+        self.trainer.state.fn = TrainerFn(self.subcommand or "fit")
         for callback in self.trainer.callbacks:
             check = getattr(callback, "preflight", None)
             if callable(check):

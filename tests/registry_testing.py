@@ -21,7 +21,7 @@ CHECKPOINT = [*CHECKPOINT_ARGS, "--trainer.callbacks+", "TrainingSummary"]
 
 def train_toy(root: Path, run_name: str, *extra: str) -> Path:
     """Fit the toy model into ``root/runs/<run_name>`` and return the run directory."""
-    run_dir = root / "runs" / run_name
+    run_dir = root / "runs" / run_name  # trainer.default_root_dir: the folder that holds run directories
     cli_main(
         [
             "fit",
@@ -31,7 +31,7 @@ def train_toy(root: Path, run_name: str, *extra: str) -> Path:
             "--run_name",
             run_name,
             "--trainer.default_root_dir",
-            str(run_dir),
+            str(run_dir.parent),
             *extra,
         ]
     )
