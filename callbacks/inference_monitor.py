@@ -51,6 +51,9 @@ class InferenceMonitor(Callback):
 
     """
 
+    #: Tells HarvestCLI to keep the loggers of a predict run: this callback logs to them.
+    logs_during_predict = True
+
     def __init__(
         self,
         reference: str | None = None,
