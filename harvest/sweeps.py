@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         export_wandb(spec, args.config, extra, config, out_dir, args.project)
         return
     trials = args.trials or spec.run_cap or 10
+    if args.storage and not args.study_name:
+        log.info("study %s in %s: more workers join it with --study-name %s", study_name, args.storage, study_name)
     study = run_optuna(
         spec,
         config,
