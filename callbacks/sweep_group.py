@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 SWEEP_TAG = "harvest.sweep"
 TRIAL_TAG = "harvest.trial"
 PARENT_TAG = "harvest.sweep_parent"
+STATE_TAG = "harvest.trial_state"
 
 
 class SweepGroup(Callback):
@@ -27,7 +28,8 @@ class SweepGroup(Callback):
     it makes each MLflow run a child of the sweep's parent run
     (``mlflow.parentRunId``; the parent is created once per study and experiment and found again
     by its ``harvest.sweep`` tag, so several workers share it) and puts each W&B run in the
-    W&B group named after the study.
+    W&B group named after the study. A run Hyperband stops gets ``harvest.trial_state: pruned: ...``
+    (an MLflow tag, a W&B summary value).
 
     Args:
         study: The Optuna study (sweep) name.
@@ -54,6 +56,19 @@ class SweepGroup(Callback):
             init = logger._wandb_init  # wandb.init's arguments, used when the run starts (a config gives None)
             init["group"] = init.get("group") or self.study
             init["job_type"] = init.get("job_type") or "sweep-trial"
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Mark a run Hyperband stopped as pruned; close its W&B run (MLflow's is closed as failed by Lightning)."""
+        if type(exception).__name__ != "TrialPruned" or not trainer.is_global_zero:
+            return
+        for logger in loggers_of(trainer, MLFlowLogger):
+            if logger.run_id is not None:
+                logger.experiment.set_tag(logger.run_id, STATE_TAG, f"pruned: {exception}")
+        for logger in loggers_of(trainer, WandbLogger):
+            if logger._experiment is not None:
+                logger.experiment.summary[STATE_TAG] = f"pruned: {exception}"
+                logger.experiment.finish()  # Lightning ends a stopped fit without teardown: close the run here
+                logger._experiment = None
 
     def _parent_run(self, logger: MLFlowLogger) -> str:
         from mlflow import MlflowClient

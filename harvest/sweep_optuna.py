@@ -14,7 +14,7 @@ from jsonargparse import Namespace
 from callbacks.optuna_pruning import OptunaPruning
 from callbacks.sweep_group import SweepGroup
 from harvest.imports import require
-from harvest.sweep_keys import full_key
+from harvest.sweep_keys import full_key, override_keys
 from harvest.sweep_space import SweepConfigError, SweepSpec
 from harvest.sweep_trial import TrialRun, run_trial
 
@@ -136,7 +136,6 @@ def run_optuna(
     config: Namespace,
     configs: list[str],
     extra: list[str],
-    fixed: list[str],
     trials: int,
     study_name: str,
     storage: str | None,
@@ -162,7 +161,7 @@ def run_optuna(
         direction=spec.direction,
         load_if_exists=True,
     )
-    keys = [p.key for p in spec.parameters] + [full_key(k, config) for k in fixed]
+    keys = [p.key for p in spec.parameters] + [full_key(k, config) for k in override_keys(extra)]
     runs: dict[str, TrialRun] = {}
 
     def objective(trial: Any) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harvest.cli import split_passthrough
-from harvest.sweep_keys import check_conflicts, override_keys, parse_fit_config, resolve_keys
+from harvest.sweep_keys import check_conflicts, parse_fit_config, resolve_keys
 from harvest.sweep_optuna import run_optuna
 from harvest.sweep_report import register_best, report, write_results
 from harvest.sweep_space import SweepConfigError, SweepSpec, load_sweep
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         export_wandb(spec, args.config, extra, config, out_dir, args.project)
         return
     trials = args.trials or spec.run_cap or 10
-    fixed = override_keys(extra)
+    if args.storage and not args.study_name:
+        log.info("study %s in %s: more workers join it with --study-name %s", study_name, args.storage, study_name)
     study = run_optuna(
         spec,
         config,
         args.config,
         extra,
-        fixed,
         trials,
         study_name,
         args.storage,

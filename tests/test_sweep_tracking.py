@@ -11,7 +11,7 @@ import yaml
 from conftest import clear_run_name
 from registry_testing import migrated_store, sqlite_uri  # noqa: F401
 from test_sweeps import TOY_CONFIG
-from wandb_records import OfflineRun
+from wandb_records import OfflineRun, records
 
 from harvest.cli import cli_main
 from harvest.registry import open_registry
@@ -35,9 +35,9 @@ def _config(folder: Path, loggers: list, *callbacks: dict) -> Path:
     return path
 
 
-def _sweep(folder: Path) -> Path:
+def _sweep(folder: Path, **extra: object) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(SWEEP))
+    path.write_text(yaml.safe_dump({**SWEEP, **extra}))
     return path
 
 
@@ -58,7 +58,9 @@ def test_trials_register_nothing_and_register_best_registers_the_best_once(sqlit
             "--config",
             str(config),
             "--sweep",
-            str(_sweep(tmp_path)),
+            str(_sweep(tmp_path, early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})),
+            "--seed",
+            "0",
             "--study-name",
             "grouped",
             "--register",
@@ -83,6 +85,11 @@ def test_trials_register_nothing_and_register_best_registers_the_best_once(sqlit
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.run_name == "grouped"
     assert sorted(r.info.run_name for r in children) == sorted(t["run_name"] for t in results["trials"])
+    # a trial Hyperband stopped says so in MLflow
+    states = {r.info.run_name: r.data.tags.get("harvest.trial_state", "") for r in children}
+    pruned = {t["run_name"] for t in results["trials"] if t["state"] == "PRUNED"}
+    marked = {name for name, state in states.items() if state.startswith("pruned: pruned after epoch")}
+    assert pruned and marked == pruned
 
 
 def _free_port() -> int:
@@ -140,9 +147,15 @@ def test_the_exported_wandb_sweep_runs_harvest_fit_with_wandb_every_epoch_and_no
 
 def test_wandb_trials_share_one_group(offline_wandb: Path) -> None:
     config = _config(offline_wandb, [{"class_path": "WandbLogger"}], WANDB_TRACKING)
-    cli_main(["sweep", "--config", str(config), "--sweep", str(_sweep(offline_wandb)), "--study-name", "wbgroup"])
-    folders = sorted(Path("runs").rglob("offline-run-*"))
-    assert len(folders) == 3
-    for folder in folders:
+    sweep = _sweep(offline_wandb, early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    cli_main(["sweep", "--config", str(config), "--sweep", str(sweep), "--seed", "0", "--study-name", "wbgroup"])
+    results = json.loads(Path("runs/sweeps/wbgroup/results.json").read_text())
+    for trial in results["trials"]:
+        (folder,) = Path(trial["run_dir"]).rglob("offline-run-*")
         run = OfflineRun(folder)
-        assert run.run.run_group == "wbgroup" and len(run.metric("val/loss")) == 2
+        assert run.run.run_group == "wbgroup" and len(run.metric("val/loss")) == len(trial["reported"])
+        summary = [
+            i.key for r in records(run.file) if r.WhichOneof("record_type") == "summary" for i in r.summary.update
+        ]
+        assert ("harvest.trial_state" in summary) == (trial["state"] == "PRUNED")
+    assert {t["state"] for t in results["trials"]} == {"COMPLETE", "PRUNED"}
