@@ -138,11 +138,12 @@ def old_grocery_read(path: Path, min_size: int) -> Image.Image:
 def per_item_ms(get: Callable[[int], object], count: int, epochs: int) -> list[float]:
     """CPU milliseconds of each ``get(i)`` over ``epochs`` passes, the first item once untimed (warm-up).
 
-    CPU time of this process, not wall time: on a shared machine other jobs stretch wall time, not this.
+    CPU time of this process, not wall time: on a shared machine other jobs stretch wall time far more.
     """
     get(0)
     times = []
     for _ in range(epochs):
+        torch.manual_seed(0)  # each pass draws the same augmentations: passes differ by other jobs only
         for index in range(count):
             started = time.process_time()
             get(index)
@@ -151,7 +152,10 @@ def per_item_ms(get: Callable[[int], object], count: int, epochs: int) -> list[f
 
 
 def best_per_image(times: list[float], count: int) -> float:
-    """Median over images of each image's fastest pass: other jobs only ever add time."""
+    """Median over images of each image's fastest pass (each pass does the same work, see :func:`per_item_ms`).
+
+    Other jobs on the machine only ever add time, so this is the closest to the cost on idle cores.
+    """
     return statistics.median(min(times[i::count]) for i in range(count))
 
 

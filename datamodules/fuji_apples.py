@@ -378,9 +378,11 @@ class FujiApplesDataModule(pl.LightningDataModule):
         than halfway through an epoch.
         """
         try:
-            _, problems = self._read()
+            splits, problems = self._read()
         except (FileNotFoundError, AnnotationError) as err:
             return [str(err)]
+        if not problems and splits["train"] and self._splits is None:
+            self._splits = splits  # what splits() would make of it: describe() need not decode every image again
         return problems
 
 

@@ -88,7 +88,7 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     pixels = np.asarray(image, dtype=np.float64)
     # PIL widens 16-bit grayscale to 32-bit "I"; the file's range is 0..65535 (whatever PIL calls it)
     eight = np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(eight, "L").convert("RGB")
+    return Image.fromarray(eight).convert("RGB")  # uint8, two dimensions: mode "L"
 
 
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -104,8 +104,8 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
         rgb = image.convert("RGBA" if has_alpha else "RGB").convert("RGB")
         return rgb, ["palette expanded to RGB" + (", transparency dropped" if has_alpha else "")]
     if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        gray = mode[0] in "LP"
-        return image.convert("RGB"), [("grayscale to RGB, " if gray else "") + "alpha channel dropped"]
+        kind = {"L": "grayscale to RGB, ", "P": "palette expanded to RGB, "}.get(mode[0], "")
+        return image.convert("RGB"), [kind + "alpha channel dropped"]
     if mode in ("L", "1"):
         return image.convert("RGB"), ["grayscale to RGB" if mode == "L" else "1-bit to RGB"]
     return image.convert("RGB"), [f"{mode} to RGB"]
