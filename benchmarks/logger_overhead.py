@@ -24,27 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from fit_vs_bare import DEMOS as PIPELINES
+from fit_vs_bare import harvest_cli, trimmed_mean
 from rich.console import Console
 from rich.table import Table
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from harvest.cli import HarvestCLI  # noqa: E402
-from harvest.run_setup import RUN_NAME_ENV  # noqa: E402
-
-PIPELINES = {
-    "groceries": ["configs/groceries_ssl.yaml", "configs/demo/groceries_cpu.yaml"],
-    "fuji": ["configs/fuji_maskrcnn.yaml", "configs/demo/fuji_cpu.yaml"],
-}
 
 
 class AlternatingLoggers(pl.Callback):
@@ -98,24 +87,11 @@ class AlternatingLoggers(pl.Callback):
 
 def run(configs: list[str], preset: str, epochs: int) -> AlternatingLoggers:
     """One training run of a recipe with the preset's loggers switched on and off; its measurements."""
-    for name in (RUN_NAME_ENV, RUN_NAME_ENV + "_PID"):
-        os.environ.pop(name, None)
-    args = [
-        arg
-        for config in [*configs, f"configs/loggers/{preset}.yaml"]
-        for arg in ("--config", str(REPO / config))
-    ]
-    cli = HarvestCLI(args=[*args, "--trainer.max_epochs", str(epochs)], run=False)
+    cli = harvest_cli([*configs, f"configs/loggers/{preset}.yaml"], ["--trainer.max_epochs", str(epochs)])
     alternating = AlternatingLoggers()
     cli.trainer.callbacks.append(alternating)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return alternating
-
-
-def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
-    """Mean without the slowest ``cut`` share (other jobs' bursts on a shared machine)."""
-    kept = sorted(values)[: max(1, round(len(values) * (1 - cut)))]
-    return sum(kept) / len(kept)
 
 
 def main() -> None:
