@@ -138,9 +138,12 @@ def test_a_bad_reference_fails_before_predicting(in_tmp: Path, grocery_model: Re
     assert not list(Path("runs").glob("*/monitoring_report.json"))
 
 
-def test_harvest_monitor_names_a_missing_model(in_tmp: Path) -> None:
+def test_harvest_monitor_names_a_missing_model(
+    in_tmp: Path, grocery_model: Registered, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["monitor", "nobody@production"])
+        cli_main(["monitor", "nobody@production", "--tracking-uri", grocery_model.uri])
+    assert "no registered model named 'nobody'" in capsys.readouterr().err
     assert exit_info.value.code == 2
 
 
