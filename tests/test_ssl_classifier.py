@@ -176,3 +176,18 @@ def test_load_from_checkpoint_gives_a_ready_predictor(grocery_run: GroceryRun) -
             got = loaded.classify(images, list(paths), algorithm)
             assert [p["class_name"] for p in got] == [p["class_name"] for p in expected]
             assert np.allclose([p["confidence"] for p in got], [p["confidence"] for p in expected], atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_engine_on_a_gpu_predicts_as_on_the_cpu() -> None:
+    x, y = _clusters(4000, seed=7)
+    targets = torch.from_numpy(np.where(np.arange(3000) % 10 == 0, y[:3000], -1))
+    params, queries = ssl.SSLParams(), torch.from_numpy(x[3000:])
+    on_cpu, on_gpu = FittedSSL(), FittedSSL().cuda()
+    on_cpu.fit(list(ssl.ALGORITHMS), params, torch.from_numpy(x[:3000]), targets, 6)
+    on_gpu.fit(list(ssl.ALGORITHMS), params, torch.from_numpy(x[:3000]).cuda(), targets.cuda(), 6)
+    assert on_gpu.features.is_cuda
+    for name in ssl.ALGORITHMS:
+        same = on_gpu.predict(name, queries.cuda(), params).cpu() == on_cpu.predict(name, queries, params)
+        assert same.float().mean() >= 0.99, name
