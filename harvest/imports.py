@@ -2,7 +2,7 @@
 
 Every package that a Harvest feature needs but a plain install may lack is named here once, with
 the extra that installs it. Packages ``pyproject.toml`` makes hard dependencies (MLflow, W&B,
-pycocotools, faster-coco-eval, skops) are not checked: an install without them is broken anyway.
+pycocotools, faster-coco-eval) are not checked: an install without them is broken anyway.
 Code that needs an optional one calls :func:`require` and gets a one-line error naming the fix
 instead of an ``ImportError`` from deep inside a run.
 """

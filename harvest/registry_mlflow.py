@@ -36,7 +36,7 @@ def _pinned_requirements() -> list[str]:
     try:
         declared = [r for r in requires("harvest-mlops") or [] if "extra ==" not in r]
     except PackageNotFoundError:  # running from a source tree: the core of what the model imports
-        declared = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "scikit-learn", "skops",
+        declared = ["torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "scikit-learn",
                     "mlflow", "numpy", "pillow", "pycocotools", "pyyaml", "scipy"]  # fmt: skip
     pinned = []
     for requirement in [*declared, *_SERVING_REQUIREMENTS]:
