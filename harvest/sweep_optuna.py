@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +29,31 @@ def open_storage(url: str | None) -> Any:
     is Optuna's RDB storage; anything else is the path of a journal file (Optuna's ``JournalStorage``,
     for workers on several machines that share a file system).
     """
-    if url is None or "://" in url:
-        return url
+    if url is None:
+        return None
     import optuna
+
+    if "://" in url:
+        return _rdb_storage(url)
     from optuna.storages.journal import JournalFileBackend
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+def _rdb_storage(url: str, attempts: int = 6) -> Any:
+    """Optuna's RDB storage; a worker that starts while another one creates the schema waits and retries."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except SQLAlchemyError:  # e.g. both workers stamping the schema version of a new SQLite file
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _max_epochs(spec: SweepSpec, config: Namespace) -> int | None:
@@ -165,11 +184,11 @@ def run_optuna(
     runs: dict[str, TrialRun] = {}
 
     def objective(trial: Any) -> float:
-        if trial.number >= trials:  # another worker took the last trial meanwhile
+        names = {p.name: p.suggest(trial) for p in spec.parameters}  # first: a trial without params breaks
+        if trial.number >= trials:  # BruteForceSampler in the other workers; another worker took the last trial
             trial.set_user_attr("surplus", True)
             study.stop()
             raise optuna.TrialPruned("the study has all its trials")
-        names = {p.name: p.suggest(trial) for p in spec.parameters}
         same = _same_as(study, trial)
         if same is not None:
             trial.set_user_attr("same_as", same.number)
