@@ -42,6 +42,9 @@ class InferenceMonitor(Callback):
         report_name: File name of the report in the run directory.
     """
 
+    #: ``harvest predict`` keeps the loggers for this callback (without one it opens no tracker run).
+    logs_during_predict = True
+
     def __init__(
         self,
         reference: str | None = None,

@@ -223,7 +223,8 @@ def best_checkpoint(folder: Path) -> Path | None:
 
 def recorded_git(folder: Path) -> dict[str, str]:
     """``{"commit": sha, "dirty": "true"|"false"}`` as the training run recorded it (``{}`` when it did not)."""
-    return dict(read_summary(training_run_of(folder)).get("git") or {})
+    run = training_run_of(folder)
+    return dict(run_record(run).get("git") or read_summary(run).get("git") or {})
 
 
 def run_record(folder: Path) -> dict[str, Any]:

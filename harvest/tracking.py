@@ -44,7 +44,9 @@ def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
     """The resolved CLI config of this run (``<run dir>/config.yaml``), or ``None`` outside the CLI."""
     if not (run_dir(trainer) / CONFIG_FILENAME).is_file():
         return None
-    return read_config(run_dir(trainer))
+    config = read_config(run_dir(trainer))
+    config["run_name"] = run_name(trainer)  # the file pins no name (a rerun is a new run); trackers show this one's
+    return config
 
 
 def _segment(item: Any, index: int, taken: set[str]) -> str:
