@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from callbacks.stage_start import StageStartCallback
 from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS, first_line
 from harvest.run_directory import run_dir
-from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config
+from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, server_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +35,6 @@ def tracker_errors() -> tuple[type[BaseException], ...]:
 def tracking_uri(logger: MLFlowLogger) -> str:
     """The logger's tracking URI, read without contacting the store."""
     return str(getattr(logger, "_tracking_uri", "") or "")
-
-
-def server_problem(uri: str, timeout: float) -> str | None:
-    """Why the MLflow server at ``uri`` cannot be reached; ``None`` if it answers or is not a server."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered; routing of /health is the server's business
-    except (urllib.error.URLError, OSError) as error:
-        return str(getattr(error, "reason", error))
 
 
 class MLflowTracking(StageStartCallback):

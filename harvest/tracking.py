@@ -11,6 +11,8 @@ import logging
 import netrc
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -137,3 +139,16 @@ def wandb_server_unreachable() -> str | None:
 def wandb_offline_by_default() -> bool:
     """W&B runs offline when no API key is set, unless ``WANDB_MODE`` says otherwise."""
     return not os.environ.get("WANDB_MODE") and not wandb_api_key_available()
+
+
+def server_problem(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at ``uri`` cannot be reached; ``None`` if it answers or is not a server."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered; routing of /health is the server's business
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))

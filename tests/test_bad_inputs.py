@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS, FUJI, GROCERIES
+from mlflow_server import free_port
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import HarvestCLI, cli_main, main
@@ -139,3 +141,32 @@ def test_the_progress_bar_can_be_switched_off_with_every_shipped_recipe(
             run=False,
         )
         assert cli.trainer.progress_bar_callback is None
+
+
+REGISTRY_COMMANDS = [
+    ["list"],
+    ["compare", "m:1"],
+    ["promote", "m", "--version", "1"],
+    ["load", "m:1"],
+    ["download", "m:1", "--dst", "downloads"],
+    ["register", "RUN", "--name", "m"],
+]
+
+
+@pytest.mark.parametrize("command", REGISTRY_COMMANDS, ids=[c[0] for c in REGISTRY_COMMANDS])
+def test_every_registry_command_fails_within_15_s_naming_a_stopped_server(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    from harvest.registry_cli import main as registry_main
+
+    uri = f"http://127.0.0.1:{free_port()}"  # what a stopped `mlflow server` leaves: nothing listening
+    if "RUN" in command:
+        command = [str(Path(_toy_checkpoint()).parent.parent) if c == "RUN" else c for c in command]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as ended:
+        registry_main([*command, "--tracking-uri", uri])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err.strip()
+    assert ended.value.code == 1 and len(err.splitlines()) == 1, err
+    assert f"MLflow server {uri} cannot be reached" in err and "mlflow server --host" in err
+    assert seconds < 15, f"harvest registry {command[0]} took {seconds:.1f} s"
