@@ -110,10 +110,11 @@ def test_checkpoint_errors_name_the_path_and_the_cause(
         bad.write_text("not a checkpoint at all")
     elif damage == "plain":
         torch.save({"weights": torch.zeros(2)}, bad)
+    before = sorted(Path("runs").rglob("*")) if Path("runs").exists() else []
     status, err = _harvest(monkeypatch, capsys, "test", *TOY, "--ckpt_path", str(bad))
     (line,) = [x for x in err.splitlines() if x.startswith("harvest: error:")]
     assert status == 1 and str(bad) in line and says in line, err
-    assert not Path("runs").exists() or not any(Path("runs").rglob("*.json"))
+    assert (sorted(Path("runs").rglob("*")) if Path("runs").exists() else []) == before  # no stage run left
 
 
 def test_a_checkpoint_of_another_model_says_whose_it_is(
@@ -170,3 +171,12 @@ def test_every_registry_command_fails_within_15_s_naming_a_stopped_server(
     assert ended.value.code == 1 and len(err.splitlines()) == 1, err
     assert f"MLflow server {uri} cannot be reached" in err and "mlflow server --host" in err
     assert seconds < 15, f"harvest registry {command[0]} took {seconds:.1f} s"
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_directory(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = f"--config={CONFIGS / 'groceries_ssl.yaml'}"  # no demo preset: it would write a synthetic set there
+    status, err = _harvest(monkeypatch, capsys, "fit", recipe, "--data.root", "missing/DS2GROCERIES")
+    assert status == 1 and "missing/DS2GROCERIES" in err.splitlines()[-1]
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
