@@ -37,6 +37,12 @@ def tracking_uri(logger: MLFlowLogger) -> str:
     return str(getattr(logger, "_tracking_uri", "") or "")
 
 
+#: MLflow's HTTP retry defaults for a run (an environment setting wins): MLflow's own (7 retries,
+#: backoff factor 2) keep a request to a server that died mid-run retrying for about 4 minutes, and
+#: the process waits for it at exit; with these it gives up within seconds.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 class MLflowTracking(StageStartCallback):
     """Complete what ``MLFlowLogger`` sends; a no-op without one.
 
@@ -88,6 +94,9 @@ class MLflowTracking(StageStartCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.buffer_seconds and loggers_of(trainer, MLFlowLogger):
             os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(self.buffer_seconds))
+        if loggers_of(trainer, MLFlowLogger):
+            for name, value in HTTP_RETRY_DEFAULTS.items():
+                os.environ.setdefault(name, value)
 
     def preflight(self, trainer: pl.Trainer) -> None:
         """Fail in seconds, before anything runs, when a tracking server is down (``HarvestCLI`` calls it).
