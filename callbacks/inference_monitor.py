@@ -51,7 +51,7 @@ class InferenceMonitor(Callback):
 
     """
 
-    #: Tells HarvestCLI to keep the loggers of a predict run: this callback logs to them.
+    #: ``harvest predict`` keeps the loggers for this callback (without one it opens no tracker run).
     logs_during_predict = True
 
     def __init__(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from callbacks.stage_start import StageStartCallback
 from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS, first_line
 from harvest.run_directory import run_dir
-from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config
+from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, server_problem
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +37,10 @@ def tracking_uri(logger: MLFlowLogger) -> str:
     return str(getattr(logger, "_tracking_uri", "") or "")
 
 
-def server_problem(uri: str, timeout: float) -> str | None:
-    """Why the MLflow server at ``uri`` cannot be reached; ``None`` if it answers or is not a server."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered; routing of /health is the server's business
-    except (urllib.error.URLError, OSError) as error:
-        return str(getattr(error, "reason", error))
+#: MLflow's HTTP retry defaults for a run (an environment setting wins): MLflow's own (7 retries,
+#: backoff factor 2) keep a request to a server that died mid-run retrying for about 4 minutes, and
+#: the process waits for it at exit; with these it gives up within seconds.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 class MLflowTracking(StageStartCallback):
@@ -103,6 +94,9 @@ class MLflowTracking(StageStartCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.buffer_seconds and loggers_of(trainer, MLFlowLogger):
             os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(self.buffer_seconds))
+        if loggers_of(trainer, MLFlowLogger):
+            for name, value in HTTP_RETRY_DEFAULTS.items():
+                os.environ.setdefault(name, value)
 
     def preflight(self, trainer: pl.Trainer) -> None:
         """Fail in seconds, before anything runs, when a tracking server is down (``HarvestCLI`` calls it).

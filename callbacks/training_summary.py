@@ -14,7 +14,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS
 from harvest.run_directory import logged_values, scalar_metrics, write_json_atomic
-from harvest.tracking import git_info
 
 __all__ = ["TrainingSummary", "logged_values", "scalar_metrics", "write_json_atomic"]  # helpers' old home
 
@@ -48,7 +47,6 @@ class TrainingSummary(Callback):
         self.final_metrics: dict[str, float | None] = {}
         self.timing: dict[str, Any] = {}
         self.status = "not started"
-        self.git: dict[str, str] = {}
         self._resumed = False
         self._epoch_started = 0.0
         self._fit_started = 0.0
@@ -59,8 +57,6 @@ class TrainingSummary(Callback):
         self._fit_started = time.perf_counter()
         self.timing.setdefault("started", _now())
         self.timing.setdefault("epoch_seconds", [])
-        if trainer.is_global_zero:
-            self.git = git_info()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path:  # the loops are restored now: current_epoch is the first resumed epoch
@@ -174,8 +170,6 @@ class TrainingSummary(Callback):
             best_score = best_row[monitor]
         folder = rd.run_dir(trainer)
         stage = str(trainer.state.fn.value) if trainer.state.fn else None
-        if not self.git and stage == "fit":
-            self.git = rd.recorded_git(folder)
         return {
             "run_name": folder.name,
             "stage": stage,
@@ -191,7 +185,7 @@ class TrainingSummary(Callback):
             "final_metrics": dict(sorted(self.final_metrics.items())),
             "results": getattr(trainer.lightning_module, "run_results", None),
             "skipped_files": len(getattr(trainer.datamodule, "skipped_files", None) or []),
-            "git": self.git or None,
+            "git": rd.recorded_git(folder) or None,
             "training_run": str(rd.training_run_of(folder)) if rd.is_stage_dir(folder) else None,
             "origin_run": rd.run_record(folder).get("origin_run"),
             "timing": self.timing,

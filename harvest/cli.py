@@ -26,11 +26,13 @@ from harvest import run_directory as rd
 from harvest.errors import RunInterrupted, config_error_line, first_line
 from harvest.run_setup import (
     apply_run_layout,
+    chose_run_dir,
     drop_progress_bars,
     pipeline_name,
     prepare_run_dir,
     resolve_precision,
 )
+from harvest.tracking import git_info
 
 #: Harvest's own subcommands: name -> "module:function" taking the remaining argv.
 TOOLS: dict[str, str] = {
@@ -137,8 +139,11 @@ class HarvestCLI(LightningCLI):
         if self.subcommand == "fit":
             saved.ckpt_path = None  # rerunning the config starts a new run; resuming names the run
         self.saved_config = saved
-        if config.get("origin_run") and rd.launcher_rank() == 0:
-            rd.update_run_record(self.run_dir, origin_run=config.origin_run)
+        if chose_run_dir():
+            record = {"origin_run": config.origin_run} if config.get("origin_run") else {}
+            if self.subcommand == "fit":
+                record["git"] = git_info()  # the code that trains; the registry copies it
+            rd.update_run_record(self.run_dir, **record)
 
     def preflight(self) -> None:
         """Let callbacks check the services they need before anything runs (their ``preflight(trainer)``).

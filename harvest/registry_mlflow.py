@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harvest.registry_base import RegistryBackend, RegistryError, VersionInfo, decode_record, encode_record
+from harvest.tracking import server_problem
 
 MODEL_ARTIFACT = "model"
 PACKAGE_ARTIFACT = "package"
@@ -72,6 +73,10 @@ def _quiet() -> Iterator[None]:
             os.environ[name] = previous
 
 
+#: Seconds to wait for a tracking server's /health answer before calling it down.
+HEALTH_TIMEOUT = 5.0
+
+
 class MlflowBackend(RegistryBackend):
     """Registered models, versions and aliases in an MLflow tracking store.
 
@@ -89,6 +94,16 @@ class MlflowBackend(RegistryBackend):
             uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
         self._resolved_uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def check_available(self, action: str, retry: str | None = None) -> None:
+        """Fail in seconds when the tracking server is down (MLflow itself retries for minutes)."""
+        problem = server_problem(self.uri, HEALTH_TIMEOUT)
+        if problem:
+            then = f"then `{retry}`" if retry else "then run the same command again"
+            raise RegistryError(
+                f"{action}: MLflow server {self.uri} cannot be reached ({problem}); nothing was changed. Start it "
+                f"(mlflow server --host 127.0.0.1 --port <port>) or give a reachable --tracking-uri, {then}."
+            )
 
     # ------------------------------------------------------------------ reading
     def _info(self, mv: Any) -> VersionInfo:

@@ -177,10 +177,13 @@ def create_unique(parent: Path, base: str) -> Path:
 
 
 def remove_if_empty(folder: Path) -> None:
-    """Remove a run (or stage) folder that a failed command left empty, and an emptied ``stages/``."""
-    for path in (Path(folder), Path(folder).parent):
-        if path.name and path.is_dir() and not any(path.iterdir()) and (path == Path(folder) or path.name == STAGES):
-            path.rmdir()
+    """Remove a folder a failed command left with nothing but its ``run.json``, and an emptied ``stages/``."""
+    folder = Path(folder)
+    if folder.is_dir() and all(p.name == RUN_RECORD for p in folder.iterdir()):
+        (folder / RUN_RECORD).unlink(missing_ok=True)
+        folder.rmdir()
+        if folder.parent.name == STAGES and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
 
 
 def latest_run(root: Path, pipeline: str) -> Path | None:
@@ -223,7 +226,8 @@ def best_checkpoint(folder: Path) -> Path | None:
 
 def recorded_git(folder: Path) -> dict[str, str]:
     """``{"commit": sha, "dirty": "true"|"false"}`` as the training run recorded it (``{}`` when it did not)."""
-    return dict(read_summary(training_run_of(folder)).get("git") or {})
+    run = training_run_of(folder)
+    return dict(run_record(run).get("git") or read_summary(run).get("git") or {})
 
 
 def run_record(folder: Path) -> dict[str, Any]:

@@ -79,6 +79,11 @@ def _claim(folder: Path, resume: bool, overwrite: bool) -> Path:
     return folder
 
 
+def chose_run_dir() -> bool:
+    """Whether this process chose the run directory (not a rank that inherited it from its parent)."""
+    return os.environ.get(_RUN_NAME_PID_ENV) == str(os.getpid()) and rd.launcher_rank() == 0
+
+
 def _inherited() -> Path | None:
     """The directory the parent process chose (a DDP rank started by Lightning), else ``None``."""
     if os.environ.get(_RUN_NAME_PID_ENV) in (None, str(os.getpid())):
@@ -87,10 +92,15 @@ def _inherited() -> Path | None:
     return Path(value) if value else None
 
 
+def _named(root: Path, explicit: str) -> Path:
+    """``root/explicit``, or ``root`` when it already ends in that name (older saved configs pinned both)."""
+    return root if root.name == explicit else root / explicit
+
+
 def _fit_dir(root: Path, pipeline: str, explicit: str | None, ckpt: str | None, overwrite: bool) -> Path:
     job = rd.launcher_job_id()
     if explicit:
-        return _claim(root / explicit, resume=bool(ckpt), overwrite=overwrite)
+        return _claim(_named(root, explicit), resume=bool(ckpt), overwrite=overwrite)
     if job:
         folder = root / f"{pipeline}_job{job}"
         if rd.launcher_rank() != 0:
@@ -110,10 +120,10 @@ def _fit_dir(root: Path, pipeline: str, explicit: str | None, ckpt: str | None, 
 def _stage_dir(root: Path, pipeline: str, stage: str, explicit: str | None, ckpt: str | None, overwrite: bool) -> Path:
     training = rd.run_of_checkpoint(ckpt) if ckpt and ckpt not in _SPECIAL_CKPT else None
     if explicit:
-        if rd.is_run_dir(root / explicit) and not overwrite:
-            training = root / explicit
+        if rd.is_run_dir(_named(root, explicit)) and not overwrite:
+            training = _named(root, explicit)
         else:
-            return _claim(root / explicit, resume=False, overwrite=overwrite)
+            return _claim(_named(root, explicit), resume=False, overwrite=overwrite)
     job = rd.launcher_job_id()
     parent, base = (training / rd.STAGES, stage) if training else (root, f"{pipeline}_{stage}")
     if job:

@@ -11,6 +11,8 @@ import logging
 import netrc
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,7 +46,9 @@ def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
     """The resolved CLI config of this run (``<run dir>/config.yaml``), or ``None`` outside the CLI."""
     if not (run_dir(trainer) / CONFIG_FILENAME).is_file():
         return None
-    return read_config(run_dir(trainer))
+    config = read_config(run_dir(trainer))
+    config["run_name"] = run_name(trainer)  # the file pins no name (a rerun is a new run); trackers show this one's
+    return config
 
 
 def _segment(item: Any, index: int, taken: set[str]) -> str:
@@ -135,3 +139,16 @@ def wandb_server_unreachable() -> str | None:
 def wandb_offline_by_default() -> bool:
     """W&B runs offline when no API key is set, unless ``WANDB_MODE`` says otherwise."""
     return not os.environ.get("WANDB_MODE") and not wandb_api_key_available()
+
+
+def server_problem(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at ``uri`` cannot be reached; ``None`` if it answers or is not a server."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered; routing of /health is the server's business
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))

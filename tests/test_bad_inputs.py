@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS, FUJI, GROCERIES
+from mlflow_server import free_port
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 
 from harvest.cli import HarvestCLI, cli_main, main
@@ -108,10 +110,11 @@ def test_checkpoint_errors_name_the_path_and_the_cause(
         bad.write_text("not a checkpoint at all")
     elif damage == "plain":
         torch.save({"weights": torch.zeros(2)}, bad)
+    before = sorted(Path("runs").rglob("*")) if Path("runs").exists() else []
     status, err = _harvest(monkeypatch, capsys, "test", *TOY, "--ckpt_path", str(bad))
     (line,) = [x for x in err.splitlines() if x.startswith("harvest: error:")]
     assert status == 1 and str(bad) in line and says in line, err
-    assert not Path("runs").exists() or not any(Path("runs").rglob("*.json"))
+    assert (sorted(Path("runs").rglob("*")) if Path("runs").exists() else []) == before  # no stage run left
 
 
 def test_a_checkpoint_of_another_model_says_whose_it_is(
@@ -139,3 +142,41 @@ def test_the_progress_bar_can_be_switched_off_with_every_shipped_recipe(
             run=False,
         )
         assert cli.trainer.progress_bar_callback is None
+
+
+REGISTRY_COMMANDS = [
+    ["list"],
+    ["compare", "m:1"],
+    ["promote", "m", "--version", "1"],
+    ["load", "m:1"],
+    ["download", "m:1", "--dst", "downloads"],
+    ["register", "RUN", "--name", "m"],
+]
+
+
+@pytest.mark.parametrize("command", REGISTRY_COMMANDS, ids=[c[0] for c in REGISTRY_COMMANDS])
+def test_every_registry_command_fails_within_15_s_naming_a_stopped_server(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    from harvest.registry_cli import main as registry_main
+
+    uri = f"http://127.0.0.1:{free_port()}"  # what a stopped `mlflow server` leaves: nothing listening
+    if "RUN" in command:
+        command = [str(Path(_toy_checkpoint()).parent.parent) if c == "RUN" else c for c in command]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as ended:
+        registry_main([*command, "--tracking-uri", uri])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err.strip()
+    assert ended.value.code == 1 and len(err.splitlines()) == 1, err
+    assert f"MLflow server {uri} cannot be reached" in err and "mlflow server --host" in err
+    assert seconds < 15, f"harvest registry {command[0]} took {seconds:.1f} s"
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_directory(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = f"--config={CONFIGS / 'groceries_ssl.yaml'}"  # no demo preset: it would write a synthetic set there
+    status, err = _harvest(monkeypatch, capsys, "fit", recipe, "--data.root", "missing/DS2GROCERIES")
+    assert status == 1 and "missing/DS2GROCERIES" in err.splitlines()[-1]
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())

@@ -66,7 +66,7 @@ def test_every_tracker_callback_is_a_no_op_without_loggers(in_tmp: Path) -> None
     )
     run_dir = Path(cli.trainer.default_root_dir)
     # no describe() on ToyData: no card; no ssl_results on ToyModel: no matrices; no logger: no tracker files
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "run.json"]  # run.json: git
     assert not Path("mlflow.db").exists() and not Path("wandb").exists()
 
 
