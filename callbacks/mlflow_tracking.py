@@ -19,7 +19,7 @@ from callbacks.stage_start import StageStartCallback
 from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS, first_line
 from harvest.run_directory import run_dir
-from harvest.tracking import flatten, git_info, loggers_of, pipeline, run_config, server_problem
+from harvest.tracking import git_info, loggers_of, pipeline, run_config, server_problem, tracked_params
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 class MLflowTracking(StageStartCallback):
     """Complete what ``MLFlowLogger`` sends; a no-op without one.
 
-    When a stage starts: the flattened resolved config (``<run dir>/config.yaml``) as params (values
+    When a stage starts: the tunable part of the resolved config (``harvest.tracking.tracked_params``) as params (values
     cut at MLflow's length limit) and the tags ``pipeline``, ``git_commit``, ``git_dirty``,
     ``mlflow.source.git.commit``, ``run_dir`` and ``harvest_version``; ``config.yaml`` as an artifact.
     At the end of every stage: the ``artifacts`` (files again; folders only for files not there yet,
@@ -172,7 +172,7 @@ class MLflowTracking(StageStartCallback):
         )
         config = run_config(trainer)
         if self.log_params and config and logger.run_id not in self._resumed:  # a resumed run has them
-            params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(config).items()]
+            params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in tracked_params(config).items()]
             for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
                 client.log_batch(
                     logger.run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=False

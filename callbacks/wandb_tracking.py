@@ -14,7 +14,7 @@ from callbacks.stage_start import StageStartCallback
 from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS
 from harvest.run_directory import run_dir
-from harvest.tracking import git_info, loggers_of, pipeline, run_config, wandb_api_key_available
+from harvest.tracking import git_info, loggers_of, pipeline, run_config, tracked_config, wandb_api_key_available
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class WandbTracking(StageStartCallback):
             rd.update_run_record(run_dir(trainer), wandb_run_id=run.id)
             extra = {"pipeline": pipeline(trainer), "run_dir": str(run_dir(trainer).resolve())}
             extra.update({f"git_{key}": value for key, value in git.items()})
-            run.config.update({**config, "harvest": extra}, allow_val_change=True)
+            run.config.update({**tracked_config(config), "harvest": extra}, allow_val_change=True)
             if is_offline(run):
                 log.warning(
                     "W&B is offline (%s): upload this run later with `wandb sync %s`",

@@ -51,6 +51,23 @@ def run_config(trainer: pl.Trainer) -> dict[str, Any] | None:
     return config
 
 
+def tracked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that trackers record as parameters: everything a person tunes.
+
+    The callbacks list is left out (checkpoint file patterns, progress-bar colours, tracker switches:
+    67 entries in a recipe); the whole resolved config is the run's ``config.yaml`` artifact. MLflow
+    params and TensorBoard's HParams are :func:`flatten` of this, W&B's config is this nested (W&B
+    shows it with the same dotted keys).
+    """
+    trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k != "callbacks"}
+    return {**config, "trainer": trainer} if "trainer" in config else dict(config)
+
+
+def tracked_params(config: dict[str, Any]) -> dict[str, Scalar]:
+    """:func:`tracked_config` flattened: one name per value, the keys of MLflow params and HParams."""
+    return flatten(tracked_config(config))
+
+
 def _segment(item: Any, index: int, taken: set[str]) -> str:
     name = (
         str(item["class_path"]).rsplit(".", 1)[-1]

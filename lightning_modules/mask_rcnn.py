@@ -74,7 +74,7 @@ class MaskRCNNModule(pl.LightningModule):
         mask_threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)  # trackers get the config once
         self.class_names = class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)]
         self.model = build_mask_rcnn(
             arch, num_classes, weights, weights_backbone, trainable_backbone_layers, anchor_sizes,

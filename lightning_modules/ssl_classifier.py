@@ -81,7 +81,7 @@ class SemiSupervisedClassifier(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)  # trackers get the config once
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.algorithms = ssl.check_algorithms(list(algorithms))
         if predict_algorithm not in (None, "cnn_head", *self.algorithms):

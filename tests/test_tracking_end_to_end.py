@@ -113,7 +113,10 @@ def _check_mlflow(uri: str, run_dir: Path, summary: dict[str, Any], card: dict[s
     assert run.info.status == "FINISHED"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["model.init_args.backbone"] == "resnet18" and params["data.init_args.image_size"] == "32"
-    assert params["trainer.callbacks.RunCheckpoint.init_args.monitor"] == "val/accuracy"
+    # recorded once: no callback internals, no second copy of the module's arguments from Lightning
+    assert not [k for k in params if k.startswith("trainer.callbacks")] and params["trainer.max_epochs"]
+    assert not {"alpha", "_instantiator", "_class_path"} & set(params) and params["model.init_args.alpha"]
+    assert set(params) == set(_hparams(run_dir))  # the same keys in MLflow and TensorBoard
     commit = tags["git_commit"]  # the checkout's commit at run time, an ancestor of HEAD by now
     ancestor = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", commit, "HEAD"])
     assert re.fullmatch("[0-9a-f]{40}", commit) and ancestor.returncode == 0
