@@ -17,8 +17,17 @@ from harvest.registry_cli import main as registry_main
 pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache
 
 
+def _exported_probabilities(fmt: str, output: Path, images: torch.Tensor) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        return session.run(["probabilities"], {"image": images.numpy()})[0]
+    return torch.jit.load(str(output))(images)[0].detach().numpy()
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_the_classifier_exports_and_matches_pytorch(
+def test_the_classifier_exports_the_served_predictor_and_matches_registry_predict(
     grocery_model: Registered,  # noqa: F811
     tmp_path: Path,
     fmt: str,
@@ -26,28 +35,53 @@ def test_the_classifier_exports_and_matches_pytorch(
 ) -> None:
     output = tmp_path / f"grocer.{fmt}"
     folder = grocery_model.images[0].parents[1]  # the test split: real images of every class
-    registry_main(
-        ["export", grocery_model.ref, "--format", fmt, "--output", str(output), "--images", str(folder)]
-        + ["--tracking-uri", grocery_model.uri]
-    )
+    common = ["--images", str(folder), "--tracking-uri", grocery_model.uri]
+    registry_main(["export", grocery_model.ref, "--format", fmt, "--output", str(output), *common])
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
+    module = grocery_model.cli.model.eval()
+    served = module.hparams.predict_algorithm or module.run_results["best_algorithm"]
+    assert served in module.ssl.fitted()  # the fixture's run fitted SSL predictors: not the CNN head
+    assert sidecar["algorithm"] == served
     assert sidecar["check"]["passed"] and sidecar["check"]["same_top_class"]
     assert sidecar["check"]["max_abs_diff_probabilities"] <= 1e-4
     assert sidecar["class_names"] == grocery_model.cli.datamodule.class_names
-    assert "max abs difference against PyTorch: probabilities" in capsys.readouterr().out
+    assert f"({served})" in capsys.readouterr().out
 
-    # the exported file on its own, against the in-memory model on the data module's test batch
+    # the exported file on its own against `harvest registry predict` on the same files
+    predictions = tmp_path / "predictions.jsonl"
+    registry_main(["predict", grocery_model.ref, "--output", str(predictions), *common])
+    served_records = {r["path"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    assert {r["algorithm"] for r in served_records.values()} == {served}
+    checked = 0
+    for images, _, paths in grocery_model.cli.datamodule.test_dataloader():
+        probabilities = _exported_probabilities(fmt, output, images)
+        expected = np.array([list(served_records[p]["probabilities"].values()) for p in paths])
+        assert (probabilities.argmax(1) == expected.argmax(1)).all()
+        assert np.abs(probabilities - expected).max() < 1e-4
+        with torch.inference_mode():  # and against the module's own predict in memory
+            mine = module.classify(images, list(paths))
+        assert [r["class_index"] for r in mine] == probabilities.argmax(1).tolist()
+        checked += len(paths)
+    assert checked == len(served_records) == len(grocery_model.images)
+
+
+def test_head_cnn_exports_the_cnn_head(
+    grocery_model: Registered,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "head.onnx"
+    folder = grocery_model.images[0].parents[1]
+    registry_main(
+        ["export", grocery_model.ref, "--output", str(output), "--images", str(folder), "--head", "cnn"]
+        + ["--tracking-uri", grocery_model.uri]
+    )
+    sidecar = json.loads(output.with_name("head.onnx.json").read_text())
+    assert sidecar["algorithm"] == "cnn_head" and sidecar["check"]["passed"]
     images, _, _ = next(iter(grocery_model.cli.datamodule.test_dataloader()))
     module = grocery_model.cli.model.eval()
     with torch.inference_mode():
         expected = module.head(module.encoder(images)).softmax(1).numpy()
-    if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-        probabilities = session.run(["probabilities"], {"image": images.numpy()})[0]
-    else:
-        probabilities = torch.jit.load(str(output))(images)[0].detach().numpy()
+    probabilities = _exported_probabilities("onnx", output, images)
     assert np.abs(probabilities - expected).max() < 1e-4
     assert (probabilities.argmax(1) == expected.argmax(1)).all()
 
