@@ -13,7 +13,9 @@ from one graph that ``torch.onnx.export`` and ``torch.jit.trace`` record:
 - ``cnn_head``: the CNN head's softmax.
 
 The graph computes in float32 where ``graph_ssl`` uses float64 for the label sums; the stored
-training features are the fitted half-precision copy, widened to float32 as the module does.
+training features are the fitted half-precision copy (half the file), widened to float32 in the
+graph as the module does. A query whose ``k``-th and ``k+1``-th neighbours are at the same float32
+distance may pick another neighbour than PyTorch; the export's check reports such a difference.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ class ServedPredictor(nn.Module):
         self.kernel, self.gamma = module.params.kernel, float(module.params.gamma)
         ssl = module.ssl
         if self.algorithm in GRAPH_VARIANTS:
-            base = ssl.features.detach().float().cpu()
+            base = ssl.features.detach().cpu()  # half precision in the file, widened per call as the module does
             self.register_buffer("base", base)
-            self.register_buffer("base_norms", (base * base).sum(1))
+            self.register_buffer("base_norms", (base.float() * base.float()).sum(1))
             self.register_buffer("distributions", getattr(ssl, self.algorithm).detach().float().cpu())
             self.k = min(int(module.params.n_neighbors), len(base))
         elif self.algorithm == "self_training":
@@ -74,13 +76,14 @@ class ServedPredictor(nn.Module):
         features = F.normalize(raw, dim=1) if self.normalize else raw
         if self.algorithm == "self_training":
             return torch.softmax(features @ self.weight.T + self.bias, dim=1), features
+        base = self.base.float()
         if self.kernel == "knn":
-            distances = self.base_norms[None, :] - 2.0 * features @ self.base.T
+            distances = self.base_norms[None, :] - 2.0 * features @ base.T
             neighbors = torch.topk(distances, self.k, dim=1, largest=False).indices
             scores = self.distributions[neighbors].sum(1)
         else:
             squared = (features * features).sum(1, keepdim=True) + self.base_norms[None, :]
-            squared = (squared - 2.0 * features @ self.base.T).clamp_min(0.0)
+            squared = (squared - 2.0 * features @ base.T).clamp_min(0.0)
             scores = torch.exp(-self.gamma * squared) @ self.distributions
         total = scores.sum(1, keepdim=True)
         return scores / torch.where(total == 0, torch.ones_like(total), total), features

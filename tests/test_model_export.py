@@ -12,7 +12,9 @@ from PIL import Image
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 
+from harvest.model_export import export_model
 from harvest.registry_cli import main as registry_main
+from lightning_modules.ssl_export import ServedPredictor
 
 pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache
 
@@ -110,3 +112,48 @@ def test_mask_rcnn_exports_to_onnx_and_finds_the_same_boxes(
         (expected,) = fuji_model.cli.model.eval().predict_step([pixels])
     assert len(boxes) == len(expected["boxes"]) and np.abs(boxes - expected["boxes"].numpy()).max() < 0.5
     assert masks.shape[-2:] == tuple(pixels.shape[-2:])
+
+
+def _fresh(module: torch.nn.Module, **changes: object) -> torch.nn.Module:
+    """A new module of ``module``'s class and hyperparameters (with ``changes``), its SSL state empty."""
+    hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+    return type(module)(**{**hparams, **changes})
+
+
+def _every_predictor(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Every fitted algorithm of ``module``, and label spreading refitted with the rbf kernel on a copy."""
+    rbf = _fresh(module, kernel="rbf")
+    rbf.load_state_dict(module.state_dict())
+    rbf.eval()
+    targets = module.ssl.training_labels("label_spreading").clone()
+    targets[1::2] = -1  # half unlabeled
+    rbf.fit_ssl(module.ssl.features.float(), targets)
+    return [(name, module) for name in module.ssl.fitted()] + [("label_spreading", rbf)]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_every_ssl_predictor_exports_and_predicts_like_the_module(
+    grocery_model: Registered,  # noqa: F811
+    tmp_path: Path,
+    fmt: str,
+) -> None:
+    module = grocery_model.cli.model.eval()
+    images, _, _ = next(iter(grocery_model.cli.datamodule.test_dataloader()))
+    predictors = _every_predictor(module)
+    assert sorted({name for name, _ in predictors}) == ["label_propagation", "label_spreading", "self_training"]
+    for i, (name, owner) in enumerate(predictors):
+        graph = ServedPredictor(owner, name).eval()
+        output = tmp_path / f"{name}-{i}.{fmt}"
+        check = export_model(owner, fmt, output, list(images), False, graph)
+        assert check["passed"], (name, owner.params.kernel, check)
+        with torch.inference_mode():
+            expected = np.array([list(r["probabilities"].values()) for r in owner.classify(images, algorithm=name)])
+        probabilities = _exported_probabilities(fmt, output, images)
+        assert (probabilities.argmax(1) == expected.argmax(1)).all(), (name, owner.params.kernel)
+        assert np.abs(probabilities - expected).max() < 1e-4
+
+
+def test_an_unfitted_predictor_is_refused_with_the_fix(grocery_model: Registered) -> None:  # noqa: F811
+    empty = _fresh(grocery_model.cli.model)  # nothing fitted
+    with pytest.raises(RuntimeError, match="--head cnn"):
+        ServedPredictor(empty, "label_spreading")
