@@ -3,17 +3,20 @@
 What is exported (inputs are what the run's data module's evaluation transform makes of an image;
 the sidecar ``FILE.json`` records that transform, the class names and the check's figures):
 
-- the grocery classifier: backbone + CNN head, input ``image float32[N, 3, S, S]`` (resized and
-  ImageNet-normalised), outputs ``probabilities float32[N, C]`` (softmax of the head) and
-  ``features float32[N, D]`` (the backbone's embedding). The scikit-learn SSL predictors are not
-  tensors yet, so the exported classifier is the CNN head (``algorithm: cnn_head`` in the sidecar);
+- the grocery classifier: backbone + the predictor the registry serves, input ``image
+  float32[N, 3, S, S]`` (resized and ImageNet-normalised), outputs ``probabilities float32[N, C]``
+  and ``features float32[N, D]``. The graph comes from the caller (``harvest registry export`` passes
+  ``lightning_modules.ssl_export.classifier_graph``: label propagation / spreading as a kNN search
+  among the stored training features, self-training as its linear classifier, or ``--head cnn``);
+  without one it is backbone + CNN head. The sidecar's ``algorithm`` names what was exported;
 - Mask R-CNN: the torchvision detector, input one ``image float32[3, H, W]`` in [0, 1], outputs
   ``boxes [K, 4]`` (xyxy), ``labels [K]``, ``scores [K]``, ``masks [K, 1, H, W]`` (probabilities).
   The TorchScript file is torchvision's scripted detector: ``model([image])`` returns
   ``(losses, detections)``.
 
 The check runs the exported file (``onnxruntime`` for ONNX, ``torch.jit.load`` for TorchScript)
-and the PyTorch module on the same images and passes when the classifier's probabilities differ
+and the PyTorch module on the same images (for the classifier its own ``classify``, the code
+``harvest registry predict`` runs, with the exported algorithm) and passes when the classifier's probabilities differ
 by at most :data:`PROBABILITY_ATOL` with the same top class for every image, and when the detector
 finds the same number of detections with boxes within :data:`BOX_ATOL` pixels and scores within
 :data:`SCORE_ATOL`.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +51,8 @@ class ClassifierGraph(nn.Module):
         module: A ``SemiSupervisedClassifier`` (anything with ``encoder`` and ``head``).
 
     """
+
+    algorithm = "cnn_head"
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -140,16 +146,29 @@ def _check(reference: list[list[np.ndarray]], exported: list[list[np.ndarray]], 
     }
 
 
+def _classifier_reference(module: nn.Module, graph: nn.Module, batch: torch.Tensor) -> list[np.ndarray]:
+    """The module's own prediction (``classify``, as ``predict`` runs it) and the graph's features in PyTorch."""
+    records = module.classify(batch, algorithm=graph.algorithm)
+    probabilities = np.array([list(r["probabilities"].values()) for r in records], dtype=np.float32)
+    return [probabilities, graph(batch)[1].numpy()]
+
+
 def export_model(
-    module: nn.Module, fmt: Format, output: Path, inputs: list[torch.Tensor], detector: bool
+    module: nn.Module,
+    fmt: Format,
+    output: Path,
+    inputs: list[torch.Tensor],
+    detector: bool,
+    graph: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Export ``module`` to ``output`` and check it against PyTorch on ``inputs`` (transformed images).
+    """Export ``module`` (or its classifier ``graph``) to ``output`` and check it on ``inputs`` (transformed images).
 
     Returns:
         The check's figures (``passed``, maximal absolute differences, tolerances).
 
     """
-    graph = detector_graph(module) if detector else ClassifierGraph(module).eval()
+    if graph is None:
+        graph = detector_graph(module) if detector else ClassifierGraph(module).eval()
     example: Any = ([inputs[0]],) if detector else (torch.stack(inputs),)
     output.parent.mkdir(parents=True, exist_ok=True)
     (_export_onnx if fmt == "onnx" else _export_torchscript)(graph, example, output, detector)
@@ -158,7 +177,7 @@ def export_model(
             keys = ("boxes", "labels", "scores", "masks")
             reference = [[graph([x])[0][k].numpy() for k in keys] for x in inputs]
         else:
-            reference = [[t.numpy() for t in graph(torch.stack(inputs))]]
+            reference = [_classifier_reference(module.eval(), graph, torch.stack(inputs))]
     return _check(reference, _run_exported(fmt, output, inputs, detector), detector)
 
 
@@ -182,8 +201,24 @@ def check_images(folder: Path | None, count: int = 4) -> list[Any]:
     return [example_jpeg(), *noise]
 
 
-def export_registered(registry: Any, ref: str, fmt: Format, output: Path, images: Path | None = None) -> dict[str, Any]:
+def export_registered(
+    registry: Any,
+    ref: str,
+    fmt: Format,
+    output: Path,
+    images: Path | None = None,
+    classifier_graph: Callable[[nn.Module], nn.Module] | None = None,
+) -> dict[str, Any]:
     """Export the registered ``ref`` (cached, SHA-256 checked) to ``output`` and write its sidecar.
+
+    Args:
+        registry: The model registry.
+        ref: ``NAME[:VERSION|@ALIAS]``.
+        fmt: ``onnx`` or ``torchscript``.
+        output: The file to write (its sidecar is ``FILE.json``).
+        images: Folder whose first images the check uses (default: the input example and noise).
+        classifier_graph: Builds a classifier's export graph from its module (with an ``algorithm``
+            attribute); default backbone + CNN head.
 
     Returns:
         The sidecar's content, with the check's figures under ``check``.
@@ -195,13 +230,15 @@ def export_registered(registry: Any, ref: str, fmt: Format, output: Path, images
     info, package, _ = cached_package(registry, ref)
     model = ServingModel.from_package(package, info.record, f"{ref} ({info.label})")
     inputs = [model.transform(decode_image(v, i)) for i, v in enumerate(check_images(images))]
-    check = export_model(model.module, fmt, output, inputs, model.detector)
+    graph = None if model.detector or classifier_graph is None else classifier_graph(model.module)
+    check = export_model(model.module, fmt, output, inputs, model.detector, graph)
+    algorithm = None if model.detector else (graph.algorithm if graph is not None else ClassifierGraph.algorithm)
     content = {
         "model": info.label,
         "format": fmt,
         "file": output.name,
         "kind": "detector" if model.detector else "classifier",
-        "algorithm": None if model.detector else "cnn_head",
+        "algorithm": algorithm,
         "class_names": model.class_names,
         "input": "image float32[3, H, W] in [0, 1]" if model.detector else "image float32[N, 3, S, S], normalised",
         "preprocessing": repr(model.transform) if not model.detector else "shorter side resized as in training",

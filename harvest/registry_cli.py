@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
     p.add_argument("--output", type=Path, required=True, help="file to write, e.g. model.onnx (plus FILE.json)")
     p.add_argument("--images", type=Path, default=None, help="folder whose first images the check uses")
+    p.add_argument(
+        "--head", choices=["served", "cnn"], default="served",
+        help="classifiers: the predictor the registry serves (SSL algorithm) or the CNN head (default: %(default)s)",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "serve", parents=[common], help="serve a version over HTTP (mlflow models serve, this environment)"
@@ -292,10 +296,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"Predicted {summary['images']} images with {summary['version']}: {written}"
             )
         elif args.command == "export":
-            from harvest.model_export import export_registered, summary_line
+            from functools import partial
 
-            content = export_registered(registry, args.ref, args.format, args.output, args.images)
-            console.print(f"Exported {content['model']} to {args.output}: {summary_line(content)}")
+            from harvest.model_export import export_registered, summary_line
+            from lightning_modules.ssl_export import classifier_graph
+
+            graph = partial(classifier_graph, head=args.head)
+            content = export_registered(registry, args.ref, args.format, args.output, args.images, graph)
+            algorithm = f" ({content['algorithm']})" if content["algorithm"] else ""
+            console.print(f"Exported {content['model']}{algorithm} to {args.output}: {summary_line(content)}")
             if not content["check"]["passed"]:
                 raise SystemExit(1)
         elif args.command == "serve":
