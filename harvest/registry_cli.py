@@ -299,10 +299,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             from functools import partial
 
             from harvest.model_export import export_registered, summary_line
-            from lightning_modules.ssl_export import classifier_graph
+            from lightning_modules.ssl_export import NotFittedError, classifier_graph
 
             graph = partial(classifier_graph, head=args.head)
-            content = export_registered(registry, args.ref, args.format, args.output, args.images, graph)
+            try:
+                content = export_registered(registry, args.ref, args.format, args.output, args.images, graph)
+            except NotFittedError as err:  # one line naming the fix (--head cnn)
+                raise RegistryError(str(err)) from None
             algorithm = f" ({content['algorithm']})" if content["algorithm"] else ""
             console.print(f"Exported {content['model']}{algorithm} to {args.output}: {summary_line(content)}")
             if not content["check"]["passed"]:

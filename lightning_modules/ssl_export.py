@@ -34,6 +34,10 @@ def served_algorithm(module: nn.Module) -> str:
     return module.hparams.get("predict_algorithm") or module.run_results.get("best_algorithm") or CNN_HEAD
 
 
+class NotFittedError(RuntimeError):
+    """The predictor asked for is not fitted in the model (the message names the fix)."""
+
+
 class ServedPredictor(nn.Module):
     """Backbone + the served predictor: ``(probabilities float32[N, C], features float32[N, D])``.
 
@@ -42,7 +46,7 @@ class ServedPredictor(nn.Module):
         algorithm: ``cnn_head`` or a fitted algorithm; ``None``: the one the module serves.
 
     Raises:
-        RuntimeError: When ``algorithm`` is not fitted in ``module``.
+        NotFittedError: When ``algorithm`` is not fitted in ``module``.
 
     """
 
@@ -50,7 +54,7 @@ class ServedPredictor(nn.Module):
         super().__init__()
         self.algorithm = algorithm or served_algorithm(module)
         if self.algorithm != CNN_HEAD and self.algorithm not in module.ssl.fitted():
-            raise RuntimeError(
+            raise NotFittedError(
                 f"no fitted SSL predictor {self.algorithm!r} in the model (fitted: {module.ssl.fitted()}): "
                 "export --head cnn, or register a checkpoint written at the end of fit."
             )
