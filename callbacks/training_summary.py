@@ -15,8 +15,6 @@ from harvest import run_directory as rd
 from harvest.errors import INTERRUPTIONS
 from harvest.run_directory import logged_values, scalar_metrics, write_json_atomic
 
-__all__ = ["TrainingSummary", "logged_values", "scalar_metrics", "write_json_atomic"]  # helpers' old home
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
