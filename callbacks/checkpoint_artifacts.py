@@ -12,8 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from harvest.dataset_card import file_sha256
-from harvest.run_directory import scalar_metrics
+from harvest.run_directory import scalar_metrics, sha256_file
 from harvest.tracking import loggers_of, run_name
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class CheckpointArtifacts(Callback):
                 "score": self._score(checkpoint, path, trainer),
                 "run_name": run_name(trainer),
                 "original_filename": Path(path).name,
-                "sha256": file_sha256(Path(path)),
+                "sha256": sha256_file(Path(path)),
             }
             for logger in loggers:
                 artifact = wandb.Artifact(name, type="model", metadata=metadata)

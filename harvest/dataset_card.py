@@ -19,21 +19,9 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from harvest.image_io import BadImageError, read_rgb
+from harvest.run_directory import sha256_file
 
 log = logging.getLogger(__name__)
-
-#: Files are read in chunks of this many bytes while hashing.
-CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _relative(path: Path, root: Path) -> str:
     try:
@@ -44,7 +32,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def file_digests(files: list[Path], root: Path) -> dict[str, str]:
     """``{path relative to root: sha256}`` of every file, sorted by path."""
-    return dict(sorted((_relative(path, root), file_sha256(path)) for path in files))
+    return dict(sorted((_relative(path, root), sha256_file(path)) for path in files))
 
 
 def content_hash(digests: dict[str, str]) -> str:

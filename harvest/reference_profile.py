@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from harvest.monitoring_stats import MonitorStats
+from harvest.run_directory import write_json_atomic
 
 PROFILE = "reference_profile.json"
 EMBEDDINGS = "reference_embeddings.npz"
@@ -32,9 +33,7 @@ def write_profile(folder: Path, stats: MonitorStats, **about: Any) -> Path:
         )
         profile["embeddings"] = {"file": EMBEDDINGS, "rows": int(len(sample)), "dim": int(sample.shape[1])}
         profile["embeddings"]["mean_norm"] = float(np.linalg.norm(sample, axis=1).mean())
-    tmp = folder / f".{PROFILE}.tmp"
-    tmp.write_text(json.dumps(profile, indent=2))
-    tmp.replace(folder / PROFILE)
+    write_json_atomic(folder / PROFILE, profile)
     return folder / PROFILE
 
 

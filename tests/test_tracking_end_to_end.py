@@ -26,7 +26,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb_records import OfflineRun
 
 from harvest.cli import cli_main
-from harvest.dataset_card import file_sha256
+from harvest.run_directory import sha256_file
 
 ALGORITHMS = ("label_propagation", "label_spreading", "self_training")
 RUN_NAME = re.compile(r"^groceries_ssl_\d{8}_\d{6}(_\d+)?$")
@@ -220,7 +220,7 @@ def test_wandb_offline_run_has_config_history_and_dataset_and_model_artifacts(
     assert {m.name for m in models} == {f"model-{run_dir.name}"} and {"best", "latest"} <= set(aliases)
     best = aliases["best"]
     assert best["score"] == pytest.approx(summary["best_score"]) and best["monitor"] == "val/accuracy"
-    assert best["sha256"] == file_sha256(Path(summary["best_checkpoint"]))
+    assert best["sha256"] == sha256_file(Path(summary["best_checkpoint"]))
     assert (
         models[-1].aliases == ["latest"]
         and json.loads(models[-1].metadata)["original_filename"] == "last.ckpt"
