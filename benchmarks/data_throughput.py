@@ -5,12 +5,12 @@ Fuji: a training sample of the recipe (decode, polygons to masks, flip, scale ji
 masks rasterised at full size, every transform at full size); "after" is the data module as it is
 (JPEG decoded at a reduced scale, resized once to its load size, masks rasterised there and kept as
 RLEs between epochs). Groceries: a training sample of the recipe (decode, random resized crop to 224,
-flip, normalise), the old decoder beside :func:`harvest.image_io.read_rgb`.
+flip, normalise), the old decoder beside :func:`harvest.core.image_io.read_rgb`.
 
 Photos are written at benchmark time (nothing is committed): Fuji-SfM-sized 5184x3456 JPEGs of
 natural-image-like content (1/f noise, the spectrum of natural photos, with shaded apples) and a dozen
 apple polygons each in VIA CSVs, read by the real data module; grocery photos of 1024x768. Also times the
-up-front decode check of every image (:func:`harvest.image_io.check_images`), one process beside all.
+up-front decode check of every image (:func:`harvest.core.image_io.check_images`), one process beside all.
 
     OMP_NUM_THREADS=1 python benchmarks/data_throughput.py               # 6 photos, 3 epochs
     OMP_NUM_THREADS=1 python benchmarks/data_throughput.py --images 12 --epochs 4
@@ -38,7 +38,7 @@ from datamodules.fuji_layout import VIA_SPLIT_FOLDERS
 from datamodules.image_folder import ImageDataset, build_transform
 from datamodules.instance_data import Sample, boxes_from_masks
 from datamodules.synthetic_orchard import _write_via_csv
-from harvest.image_io import check_images
+from harvest.core.image_io import check_images
 
 FUJI_SIZE = (5184, 3456)
 GROCERY_SIZE = (1024, 768)

@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harvest.cli import HarvestCLI  # noqa: E402
-from harvest.run_setup import RUN_NAME_ENV  # noqa: E402
+from harvest.lightning_cli.harvest_cli import HarvestCLI  # noqa: E402
+from harvest.lightning_cli.run_setup import RUN_NAME_ENV  # noqa: E402
 
 #: the two pipelines' CPU demos, as ``harvest fit`` composes them
 DEMOS = {

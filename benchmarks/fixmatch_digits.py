@@ -75,7 +75,7 @@ def raw_pixel_reference(root: Path, pixels: dict[str, np.ndarray], labeled_ratio
 
 def fit(root: Path, name: str, epochs: int, image_size: int, labeled_ratio: float, extra: list[str]) -> dict:
     """One ``harvest fit`` of the grocery recipe on the digits; its test accuracies and wall time."""
-    from harvest.cli import cli_main
+    from harvest.commands.main import cli_main
 
     args = [
         "fit",

@@ -32,7 +32,7 @@ import gpu_check_steps as steps
 import torch
 from fit_vs_bare import REPO
 
-from harvest.errors import first_line
+from harvest.core.errors import first_line
 
 #: (step, time limit in seconds on the GPU); the limits add up to the 8 minutes with start-ups inside
 PLAN: list[tuple[str, int]] = [

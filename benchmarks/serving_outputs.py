@@ -4,9 +4,9 @@ The detector is the Fuji CPU demo's model (ResNet-18 FPN, 64 channels) with seed
 on a synthetic orchard of 12 images of 192x144 (the issue's setting): an untrained detector keeps
 up to 100 detections per image, the worst case for output size. Both encodings serialise the same
 detections: ``dense`` is what ``PredictionWriter`` and the pyfunc wrote before (boolean masks as
-nested lists), ``compact`` is :func:`harvest.serving.detection_record` (RLE, path, class names).
+nested lists), ``compact`` is :func:`harvest.serving.model.detection_record` (RLE, path, class names).
 Then the classifier (ResNet-18 + head, 64-pixel input) and the detector are exported to ONNX and
-TorchScript and checked against PyTorch (:mod:`harvest.model_export`).
+TorchScript and checked against PyTorch (:mod:`harvest.serving.export`).
 
     python benchmarks/serving_outputs.py
 """
@@ -22,8 +22,8 @@ from PIL import Image
 
 from datamodules import FujiApplesDataModule
 from datamodules.synthetic_orchard import SyntheticOrchard
-from harvest.model_export import export_model
-from harvest.serving import detection_record
+from harvest.serving.export import export_model
+from harvest.serving.model import detection_record
 from lightning_modules import MaskRCNNModule, SemiSupervisedClassifier
 
 

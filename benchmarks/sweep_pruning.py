@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.synthetic import write_groceries  # noqa: E402
-from harvest.cli import cli_main  # noqa: E402
-from harvest.run_setup import RUN_NAME_ENV  # noqa: E402
+from harvest.commands.main import cli_main  # noqa: E402
+from harvest.lightning_cli.run_setup import RUN_NAME_ENV  # noqa: E402
 
 RECIPE = [str(REPO / "configs/groceries_ssl.yaml"), str(REPO / "configs/demo/groceries_cpu.yaml")]
 

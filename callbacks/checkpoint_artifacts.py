@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from harvest.run_directory import scalar_metrics, sha256_file
-from harvest.tracking import loggers_of, run_name
+from harvest.runs.directory import scalar_metrics, sha256_file
+from harvest.tracking.context import loggers_of, run_name
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
 
-from harvest.run_directory import run_dir
+from harvest.runs.directory import run_dir
 
 
 class RunConfigSaver(SaveConfigCallback):

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from callbacks.logger_media import log_artifact_file, log_image_file
-from harvest.run_directory import write_json_atomic
-from harvest.tracking import run_dir
+from harvest.runs.directory import write_json_atomic
+from harvest.tracking.context import run_dir
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from callbacks.logger_media import log_artifact_file, log_image_file
 from callbacks.mlflow_tracking import tracker_errors
 from callbacks.wandb_tracking import is_offline
-from harvest.dataset_card import build_card, sample_grid, short_hash
-from harvest.errors import first_line
-from harvest.run_directory import run_dir, write_json_atomic
+from harvest.core.errors import first_line
+from harvest.monitoring.dataset_card import build_card, sample_grid, short_hash
+from harvest.runs.directory import run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 

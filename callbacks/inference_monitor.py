@@ -16,12 +16,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.logger_media import log_image_file
 from callbacks.monitor_plots import write_plots
-from harvest.drift import DriftThresholds, drift_report
-from harvest.monitoring_features import EmbeddingCapture
-from harvest.monitoring_stats import MonitorStats, observe
-from harvest.reference_profile import read_reference
-from harvest.run_directory import write_json_atomic
-from harvest.tracking import run_dir
+from harvest.monitoring.drift import DriftThresholds, drift_report
+from harvest.monitoring.features import EmbeddingCapture
+from harvest.monitoring.reference_profile import read_reference
+from harvest.monitoring.stats import MonitorStats, observe
+from harvest.runs.directory import write_json_atomic
+from harvest.tracking.context import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class InferenceMonitor(Callback):
     ``<run dir>/monitoring_report.json`` (model, input, time, metrics, latency percentiles,
     prediction distribution, confidence histogram) and two plots, and, given a ``reference``
     (the registered model's ``reference_profile.json``, or an earlier report), the drift metrics of
-    :mod:`harvest.drift` (``monitor/drift_score`` and the rest). Rank zero's share under DDP.
+    :mod:`harvest.monitoring.drift` (``monitor/drift_score`` and the rest). Rank zero's share under DDP.
 
     Args:
         reference: ``reference_profile.json`` (or a ``monitoring_report.json``) to measure drift against.

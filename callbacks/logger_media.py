@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from PIL import Image
 
 from callbacks.mlflow_tracking import server_problem, tracker_errors, tracking_uri
-from harvest.errors import first_line
-from harvest.tracking import run_dir
+from harvest.core.errors import first_line
+from harvest.tracking.context import run_dir
 
 log = logging.getLogger(__name__)
 

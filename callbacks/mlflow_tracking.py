@@ -16,10 +16,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import harvest
 from callbacks.stage_start import StageStartCallback
-from harvest import run_directory as rd
-from harvest.errors import INTERRUPTIONS, first_line
-from harvest.run_directory import run_dir
-from harvest.tracking import git_info, loggers_of, pipeline, run_config, server_problem, tracked_params
+from harvest.core.errors import INTERRUPTIONS, first_line
+from harvest.runs import directory as rd
+from harvest.runs.directory import run_dir
+from harvest.tracking.context import git_info, loggers_of, pipeline, run_config, server_problem, tracked_params
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 class MLflowTracking(StageStartCallback):
     """Complete what ``MLFlowLogger`` sends; a no-op without one.
 
-    When a stage starts: the tunable part of the resolved config (``harvest.tracking.tracked_params``) as params (values
+    When a stage starts: the tunable part of the resolved config (``tracked_params``) as params (values
     cut at MLflow's length limit) and the tags ``pipeline``, ``git_commit``, ``git_dirty``,
     ``mlflow.source.git.commit``, ``run_dir`` and ``harvest_version``; ``config.yaml`` as an artifact.
     At the end of every stage: the ``artifacts`` (files again; folders only for files not there yet,
@@ -55,7 +55,7 @@ class MLflowTracking(StageStartCallback):
 
     The run's MLflow run id is kept in ``<run dir>/run.json``: ``harvest fit --ckpt_path last`` of
     the run continues that MLflow run (RUNNING again) instead of opening a second one. A run stopped
-    by a signal (:class:`harvest.errors.RunInterrupted`) ends KILLED. ``validate``/``test`` of a run's
+    by a signal (:class:`harvest.core.errors.RunInterrupted`) ends KILLED. ``validate``/``test`` of a run's
     checkpoint are child runs of it (``mlflow.parentRunId``) tagged ``harvest.stage`` and
     ``harvest.training_run``; a rerun of a saved config is tagged ``harvest.origin_run``.
 

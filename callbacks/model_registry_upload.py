@@ -13,9 +13,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
-from harvest.registry import Registry, RegistryError, VersionInfo, open_registry
-from harvest.run_directory import run_dir as run_dir_of
-from harvest.run_directory import scalar_metrics
+from harvest.registry.api import Registry, RegistryError, VersionInfo, open_registry
+from harvest.runs.directory import run_dir as run_dir_of
+from harvest.runs.directory import scalar_metrics
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from harvest.run_directory import scalar_metrics
+from harvest.runs.directory import scalar_metrics
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from callbacks.logger_media import log_image_file
-from harvest.run_directory import run_dir
+from harvest.runs.directory import run_dir
 
 _GROUND_TRUTH = (255, 255, 255)
 _PALETTE = ["#ff3b30", "#ffcc00", "#00c7be", "#007aff", "#af52de", "#ff9500", "#ff2d55"]

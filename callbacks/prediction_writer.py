@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from harvest.run_directory import run_dir
-from harvest.serving import detection_record
+from harvest.runs.directory import run_dir
+from harvest.serving.model import detection_record
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class PredictionWriter(BasePredictionWriter):
     """Append every record ``predict_step`` returns (a list of dicts) to ``<run dir>/predictions.jsonl``.
 
     Tensors and numpy values become lists and numbers. A detector's records are written compactly
-    (:func:`harvest.serving.detection_record`): the image's path, boxes and masks at the image's own
+    (:func:`harvest.serving.model.detection_record`): the image's path, boxes and masks at the image's own
     size, class names, masks as COCO RLE instead of dense boolean lists. Under DDP every rank writes its own file,
     ``predictions.rank<N>.jsonl``.
 

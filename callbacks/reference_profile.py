@@ -13,10 +13,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from harvest.monitoring_features import EmbeddingCapture
-from harvest.monitoring_stats import MonitorStats, observe
-from harvest.reference_profile import write_profile
-from harvest.tracking import run_dir
+from harvest.monitoring.features import EmbeddingCapture
+from harvest.monitoring.reference_profile import write_profile
+from harvest.monitoring.stats import MonitorStats, observe
+from harvest.tracking.context import run_dir
 
 log = logging.getLogger(__name__)
 

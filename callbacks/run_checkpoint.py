@@ -15,8 +15,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from harvest.errors import RunInterrupted
-from harvest.run_directory import run_dir
+from harvest.core.errors import RunInterrupted
+from harvest.runs.directory import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     Preemption: during training, SIGTERM, SIGINT (Ctrl+C; a second one stops at once) and SIGUSR1
     (unless Lightning's SLURM auto-requeue handles it) make the run save ``last.ckpt`` at the end
-    of the current step and stop with :class:`harvest.errors.RunInterrupted`: the summary says
+    of the current step and stop with :class:`harvest.core.errors.RunInterrupted`: the summary says
     ``interrupted``, trackers close their runs as killed, ``harvest`` exits with 128 + the signal
     number, and ``harvest fit ... --run_name <run> --ckpt_path last`` resumes. All ranks of a
     multi-process job stop at the same step.

@@ -11,9 +11,9 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from rich.table import Table
 
-from harvest.console import console as output_console
-from harvest.run_directory import logged_values
-from harvest.tracking import run_dir
+from harvest.core.console import console as output_console
+from harvest.runs.directory import logged_values
+from harvest.tracking.context import run_dir
 
 
 class RunReport(Callback):

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
 from callbacks.mlflow_tracking import server_problem, tracking_uri
-from harvest.tracking import loggers_of
+from harvest.tracking.context import loggers_of
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.tensorboard.summary import hparams
 
 from callbacks.stage_start import StageStartCallback
-from harvest.errors import first_line
-from harvest.tracking import loggers_of, run_config, tracked_params
+from harvest.core.errors import first_line
+from harvest.tracking.context import loggers_of, run_config, tracked_params
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class TensorBoardTracking(StageStartCallback):
     """Make TensorBoard runs comparable in the HParams tab; a no-op without a ``TensorBoardLogger``.
 
-    When a stage starts, the tunable part of the resolved config (``harvest.tracking.tracked_params``) is written as the
+    When a stage starts, the tunable part of the resolved config (``tracked_params``) is written as the
     run's hyperparameters: a session-start record without an experiment record, so TensorBoard
     builds the HParams table from every run under ``tensorboard --logdir runs``, each with its own
     config columns, and every scalar the runs logged as a metric column showing its last value (the

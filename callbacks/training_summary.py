@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from harvest import run_directory as rd
-from harvest.errors import INTERRUPTIONS
-from harvest.run_directory import logged_values, scalar_metrics, write_json_atomic
+from harvest.core.errors import INTERRUPTIONS
+from harvest.runs import directory as rd
+from harvest.runs.directory import logged_values, scalar_metrics, write_json_atomic
 
 
 def _now() -> str:

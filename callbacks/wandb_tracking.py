@@ -11,10 +11,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from callbacks.stage_start import StageStartCallback
-from harvest import run_directory as rd
-from harvest.errors import INTERRUPTIONS
-from harvest.run_directory import run_dir
-from harvest.tracking import git_info, loggers_of, pipeline, run_config, tracked_config, wandb_api_key_available
+from harvest.core.errors import INTERRUPTIONS
+from harvest.runs import directory as rd
+from harvest.runs.directory import run_dir
+from harvest.tracking.context import git_info, loggers_of, pipeline, run_config, tracked_config, wandb_api_key_available
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class WandbTracking(StageStartCallback):
     one run; this callback acts on rank zero too. It adds the full resolved CLI config
     (``<run dir>/config.yaml``, nested as in the file) to the run config, with a ``harvest`` section
     (pipeline, run directory, git commit, uncommitted changes or not). When the run is offline (the
-    CLI chooses offline when no API key is set, see ``harvest.run_setup``), one line says so and
+    CLI chooses offline when no API key is set, see ``harvest.lightning_cli.run_setup``), one line says so and
     gives the ``wandb sync`` command.
     The W&B run id is kept in ``<run dir>/run.json``: a resume (``--ckpt_path last``) continues the
     same W&B run. Every run is in the group of its training run, with ``job_type`` its stage

@@ -30,7 +30,7 @@ from datamodules.image_folder import list_images
 from datamodules.instance_data import InstanceDataset, Sample, collate_detection, image_size
 from datamodules.synthetic_orchard import SyntheticOrchard
 from datamodules.via import AnnotationError
-from harvest.image_io import check_images
+from harvest.core.image_io import check_images
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from datamodules.image_folder import (
 from datamodules.labeled_split import make_split
 from datamodules.synthetic import SyntheticGroceries
 from datamodules.unlabeled import TwoViewDataset, strong_transform
-from harvest.image_io import BadImageError, bad_image_message
-from harvest.run_directory import run_dir, write_json_atomic
+from harvest.core.image_io import BadImageError, bad_image_message
+from harvest.runs.directory import run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from harvest.image_io import BadImageError, check_images, read_rgb
+from harvest.core.image_io import BadImageError, check_images, read_rgb
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from datamodules.via import AnnotationError
-from harvest.image_io import BadImageError, read_rgb, upright_size
+from harvest.core.image_io import BadImageError, read_rgb, upright_size
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-from harvest.cli import main
+from harvest.commands.main import main
 
 if __name__ == "__main__":
     main()

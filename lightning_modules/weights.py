@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torchvision.models import get_model_weights
 
-from harvest.errors import first_line
+from harvest.core.errors import first_line
 
 
 def _where_to_put(model_name: str, weights: str) -> str:

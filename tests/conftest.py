@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from mlflow_server import mlflow_server  # noqa: F401 - a real `mlflow server` fixture for any test
 
-from harvest.run_setup import RUN_NAME_ENV
+from harvest.lightning_cli.run_setup import RUN_NAME_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -120,7 +120,7 @@ class GroceryRun:
 @pytest.fixture(scope="session")
 def grocery_run(tmp_path_factory: pytest.TempPathFactory, tiny_groceries: Path) -> Iterator[GroceryRun]:
     """Two epochs of the demo recipe (TensorBoard + MLflow on SQLite, checkpoints, summary), run once."""
-    from harvest.cli import cli_main
+    from harvest.commands.main import cli_main
 
     workdir = tmp_path_factory.mktemp("grocery_run")
     with pytest.MonkeyPatch.context() as patch:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 TOY = [*TOY_ARGS, "--seed_everything", "0"]
 QUIET = [*QUIET_ARGS, "--trainer.logger", "false"]

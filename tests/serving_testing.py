@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import GroceryRun, clear_run_name, forget_mlflow_stores, fuji_args
 
-from harvest.model_cache import CACHE_ENV
-from harvest.registry import open_registry
+from harvest.registry.api import open_registry
+from harvest.registry.cache import CACHE_ENV
 
 
 @dataclass
@@ -89,7 +89,7 @@ def fuji_model(
     request: pytest.FixtureRequest,
 ) -> Registered:
     """One epoch of the Fuji demo recipe; its ModelRegistryUpload registers ``fuji-maskrcnn@staging``."""
-    from harvest.cli import cli_main
+    from harvest.commands.main import cli_main
 
     def build() -> Registered:
         workdir, uri = _store(tmp_path_factory, "fuji_model", request.getfixturevalue("migrated_store"))

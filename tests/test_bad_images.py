@@ -21,8 +21,8 @@ from PIL import Image
 
 from datamodules.image_folder import ImageDataset, build_transform
 from datamodules.instance_data import InstanceDataset, Sample
-from harvest.cli import main
-from harvest.image_io import BadImageError, read_rgb
+from harvest.commands.main import main
+from harvest.core.image_io import BadImageError, read_rgb
 
 TRAIN = "1-Mask-set/training_images_and_annotations"
 QUIET = ["--trainer.logger", "false"]

@@ -12,7 +12,8 @@ from conftest import CONFIGS, FUJI, GROCERIES
 from mlflow_server import free_port
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 
-from harvest.cli import HarvestCLI, cli_main, main
+from harvest.commands.main import cli_main, main
+from harvest.lightning_cli.harvest_cli import HarvestCLI
 
 TOY = [*TOY_ARGS, *QUIET_ARGS, "--trainer.logger", "false"]
 
@@ -158,7 +159,7 @@ REGISTRY_COMMANDS = [
 def test_every_registry_command_fails_within_15_s_naming_a_stopped_server(
     capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
-    from harvest.registry_cli import main as registry_main
+    from harvest.commands.registry import main as registry_main
 
     uri = f"http://127.0.0.1:{free_port()}"  # what a stopped `mlflow server` leaves: nothing listening
     if "RUN" in command:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 from lightning_modules import MaskRCNNModule
 
 ORCHARD = ["--data.synthetic.train_images=5", "--data.synthetic.val_images=2", "--data.synthetic.width=96",

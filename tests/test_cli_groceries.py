@@ -14,7 +14,7 @@ from conftest import CONFIGS, DDP_CPU, GroceryRun, groceries_args
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 from lightning_modules import ssl_algorithms
 from lightning_modules.ssl_state import FittedSSL
 

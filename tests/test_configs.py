@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Rich
 
 from callbacks import ModelRegistryUpload, RunCheckpoint, RunReport, TrainingSummary
 from datamodules import GroceriesDataModule
-from harvest.cli import HarvestCLI, cli_main
+from harvest.commands.main import cli_main
+from harvest.lightning_cli.harvest_cli import HarvestCLI
 from lightning_modules import SemiSupervisedClassifier
 
 USAGE = re.compile(r"^#\s*harvest (fit|validate|test|predict) (.*--config.*)$")
@@ -30,7 +31,7 @@ USAGE = re.compile(r"^#\s*harvest (fit|validate|test|predict) (.*--config.*)$")
 
 def _check_sweep(path: Path) -> None:
     """A sweep file loads, and a value of each swept key parses on the base configs of its usage line."""
-    from harvest.sweep_space import load_sweep
+    from harvest.sweeps.space import load_sweep
 
     spec = load_sweep(path)
     usage = next(line for line in path.read_text().splitlines() if re.match(r"^#\s*harvest sweep (?!--backend)", line))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import FUJI, GROCERIES, GroceryRun, copy_of
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 
 def test_describe_prints_the_card_from_fit_configs(

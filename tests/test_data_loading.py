@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from datamodules.detection_transforms import AffineColorJitter, fitted_size, load_size, train_transforms
 from datamodules.instance_data import Instance, InstanceDataset, Sample, boxes_from_masks
-from harvest.image_io import check_images
+from harvest.core.image_io import check_images
 
 
 def photo(path: Path, width: int = 400, height: int = 300, seed: int = 0) -> Path:

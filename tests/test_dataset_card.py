@@ -10,7 +10,7 @@ from conftest import copy_of
 from PIL import Image
 
 from datamodules import FujiApplesDataModule, GroceriesDataModule
-from harvest.dataset_card import build_card, check_dataset, sample_grid
+from harvest.monitoring.dataset_card import build_card, check_dataset, sample_grid
 
 
 def groceries(root: Path) -> GroceriesDataModule:

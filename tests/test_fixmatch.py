@@ -11,7 +11,7 @@ from conftest import CONFIGS, groceries_args
 from lightning.pytorch.utilities import CombinedLoader
 
 from datamodules.groceries import GroceriesDataModule
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 from lightning_modules.ssl_classifier import SemiSupervisedClassifier
 
 FIXMATCH = f"--config={CONFIGS / 'ssl' / 'fixmatch.yaml'}"

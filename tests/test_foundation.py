@@ -17,9 +17,9 @@ from conftest import DDP_CPU
 from jsonargparse import Namespace
 from toy_lightning import CHECKPOINT_ARGS, QUIET_ARGS, TOY_ARGS
 
-from harvest.cli import cli_main
-from harvest.precision import cpu_computes_natively
-from harvest.run_setup import apply_run_layout, prepare_run_dir, resolve_precision
+from harvest.commands.main import cli_main
+from harvest.core.precision import cpu_computes_natively
+from harvest.lightning_cli.run_setup import apply_run_layout, prepare_run_dir, resolve_precision
 
 TOY, FAST, CHECKPOINT = TOY_ARGS, QUIET_ARGS, CHECKPOINT_ARGS
 SUMMARY = ["--trainer.callbacks+", "TrainingSummary"]
@@ -109,7 +109,7 @@ def test_run_directory_is_shared_with_child_processes_only() -> None:
         [
             sys.executable,
             "-c",
-            "from jsonargparse import Namespace; from harvest.run_setup import prepare_run_dir; "
+            "from jsonargparse import Namespace; from harvest.lightning_cli.run_setup import prepare_run_dir; "
             "print(prepare_run_dir('fit', Namespace(trainer=Namespace(default_root_dir=None)), 'x'))",
         ],
         capture_output=True,
@@ -160,12 +160,12 @@ class _Records(logging.Handler):
 
 def test_autocast_precision_runs_where_fast_and_falls_back_in_one_line_elsewhere() -> None:
     records = _Records()
-    logging.getLogger("harvest.run_setup").addHandler(records)
+    logging.getLogger("harvest.lightning_cli.run_setup").addHandler(records)
     trainer = Namespace(precision="bf16-mixed", accelerator="auto")
     try:
         resolve_precision(trainer)
     finally:
-        logging.getLogger("harvest.run_setup").removeHandler(records)
+        logging.getLogger("harvest.lightning_cli.run_setup").removeHandler(records)
     if torch.cuda.is_available() or cpu_computes_natively("bf16"):  # this project's CPU has AVX512-BF16
         assert trainer.precision == "bf16-mixed" and records.messages == []
     else:

@@ -13,7 +13,8 @@ from conftest import CONFIGS, fuji_args
 from lightning.pytorch.callbacks import EarlyStopping
 
 from datamodules import FujiApplesDataModule
-from harvest.cli import HarvestCLI, cli_main
+from harvest.commands.main import cli_main
+from harvest.lightning_cli.harvest_cli import HarvestCLI
 from lightning_modules.schedules import WarmupCosineLR
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 import gpu_check_steps  # noqa: E402
 
-from harvest.precision import cpu_computes_natively  # noqa: E402
+from harvest.core.precision import cpu_computes_natively  # noqa: E402
 
 
 def _rows(text: str) -> dict[tuple[str, str, str], list[str]]:

@@ -12,20 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = ("callbacks", "datamodules", "lightning_modules")
-#: Modules of ``harvest/`` that are entry points (commands); every other one is core.
-ENTRY_POINTS = {
-    "harvest.cli",
-    "harvest.__main__",
-    "harvest.demo",
-    "harvest.sweeps",
-    "harvest.monitoring",
-    "harvest.registry_cli",
-    "harvest.data_cli",
-    "harvest.registry_predict",
-    "harvest.ssl_cli",
-}
-#: The sweep tool's own modules (``harvest.sweep_*``) are parts of that entry point.
-ENTRY_PREFIXES = ("harvest.sweep",)
+#: Sub-packages of ``harvest/`` that are entry points (commands and what composes a run); the rest is core.
+ENTRY_PACKAGES = ("harvest.__main__", "harvest.commands", "harvest.lightning_cli", "harvest.sweeps")
+#: Services that compose components (a folder of images predicted with a model's data helpers).
+COMPOSING_PACKAGES = ("harvest.serving",)
 
 
 def _module(path: Path) -> str:
@@ -48,8 +38,10 @@ def _layer(module: str) -> str | None:
     top = module.split(".")[0]
     if top == "harvest":
         name = ".".join(module.split(".")[:2])
-        if name in ENTRY_POINTS or name.startswith(ENTRY_PREFIXES):
+        if name in ENTRY_PACKAGES:
             return "entry"
+        if name in COMPOSING_PACKAGES:
+            return "composing"
         return "core" if name != "harvest" else None
     return top if top in COMPONENTS else None
 
@@ -85,11 +77,10 @@ def test_imports_point_one_way(path: Path) -> None:
 
 
 def test_the_check_sees_a_lazy_import_of_a_higher_layer(tmp_path: Path) -> None:
-    fake = REPO / "harvest" / "_layers_probe.py"
+    fake = REPO / "harvest" / "core" / "_layers_probe.py"
     fake.write_text("def f():\n    from callbacks.training_summary import TrainingSummary\n")
     try:
-        assert _violations(fake) == ["harvest._layers_probe (core) imports callbacks.training_summary (callbacks)",
-                                     "harvest._layers_probe (core) imports callbacks.training_summary.TrainingSummary "
-                                     "(callbacks)"]
+        probe = "harvest.core._layers_probe (core) imports callbacks.training_summary"
+        assert _violations(fake) == [f"{probe} (callbacks)", f"{probe}.TrainingSummary (callbacks)"]
     finally:
         fake.unlink()

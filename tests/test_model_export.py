@@ -12,8 +12,8 @@ from PIL import Image
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 
-from harvest.model_export import export_model
-from harvest.registry_cli import main as registry_main
+from harvest.commands.registry import main as registry_main
+from harvest.serving.export import export_model
 from lightning_modules.ssl_export import ServedPredictor
 
 pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache

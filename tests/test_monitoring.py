@@ -16,12 +16,12 @@ from scipy.stats import entropy
 from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from harvest.cli import cli_main
-from harvest.drift import drift_report, js_drift, kl_drift, mmd_test, psi
-from harvest.model_cache import cached_package
-from harvest.monitoring_stats import MonitorStats, observe
-from harvest.reference_profile import EMBEDDINGS, PROFILE
-from harvest.registry import open_registry
+from harvest.commands.main import cli_main
+from harvest.monitoring.drift import drift_report, js_drift, kl_drift, mmd_test, psi
+from harvest.monitoring.reference_profile import EMBEDDINGS, PROFILE
+from harvest.monitoring.stats import MonitorStats, observe
+from harvest.registry.api import open_registry
+from harvest.registry.cache import cached_package
 
 pytestmark = pytest.mark.usefixtures("model_cache")  # never the user's cache
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 
-from harvest.cli import cli_main
-from harvest.precision import cpu_capabilities, cpu_computes_natively, resolve
+from harvest.commands.main import cli_main
+from harvest.core.precision import cpu_capabilities, cpu_computes_natively, resolve
 
 BF16_CPU = {"avx512_bf16": True, "amx_bf16": False, "avx512_fp16": False, "amx_fp16": False}
 AMX_CPU = {"avx512_bf16": False, "amx_bf16": True, "avx512_fp16": False, "amx_fp16": True}

@@ -12,7 +12,7 @@ from pycocotools import mask as coco_mask
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from serving_testing import Registered, fuji_model  # noqa: F401 - fixture
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 
 def test_fuji_predict_writes_paths_class_names_and_rle_masks(

@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 from registry_testing import migrated_store, sqlite_uri, toy_runs, use_mlflow_uri  # noqa: F401 - fixtures
 from toy_lightning import ToyModel
 
-from harvest.registry import LATEST, ModelRef, RegistryError, load_model, open_registry, register_model
-from harvest.registry_cli import compare_rows
-from harvest.registry_cli import main as registry_cli
-from harvest.registry_package import WEIGHTS, IntegrityError
+from harvest.commands.registry import compare_rows
+from harvest.commands.registry import main as registry_cli
+from harvest.registry.api import LATEST, ModelRef, RegistryError, load_model, open_registry, register_model
+from harvest.registry.package import WEIGHTS, IntegrityError
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -12,7 +12,7 @@ from mlflow_server import free_port
 from registry_testing import migrated_store, sqlite_uri, train_toy  # noqa: F401 - fixtures
 
 from callbacks import ModelRegistryUpload
-from harvest.registry import open_registry
+from harvest.registry.api import open_registry
 
 
 def _upload(**init_args: object) -> list[str]:

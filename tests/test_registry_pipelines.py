@@ -23,8 +23,8 @@ from mlflow_server import MlflowServer  # the `mlflow_server` session fixture co
 from registry_testing import migrated_store, sqlite_uri, use_mlflow_uri  # noqa: F401 - fixtures
 from serving_testing import Registered, fuji_model  # noqa: F401 - fixture
 
-from harvest.registry import load_model, open_registry
-from harvest.registry_cli import compare_rows
+from harvest.commands.registry import compare_rows
+from harvest.registry.api import load_model, open_registry
 from lightning_modules import SemiSupervisedClassifier
 
 
@@ -112,7 +112,7 @@ def test_grocery_lifecycle_register_compare_promote_load_predict(
 
 
 def test_register_all_registers_each_run_once(sqlite_uri: str, grocery_run: GroceryRun, tmp_path: Path) -> None:  # noqa: F811
-    from harvest.registry_cli import main
+    from harvest.commands.registry import main
 
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -11,9 +11,9 @@ from pycocotools.coco import COCO
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from serving_testing import Registered, fuji_model, grocery_model, model_cache  # noqa: F401 - fixtures
 
-from harvest.model_cache import cache_root, cached_package
-from harvest.registry import open_registry
-from harvest.registry_cli import main as registry_main
+from harvest.commands.registry import main as registry_main
+from harvest.registry.api import open_registry
+from harvest.registry.cache import cache_root, cached_package
 
 
 def _folder(images: list[Path], dst: Path) -> Path:

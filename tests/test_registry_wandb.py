@@ -1,7 +1,7 @@
 """The W&B Registry backend without a connection: a clear message, the command to run later, nothing written.
 
 Linking into the W&B Registry needs the W&B servers, which the tests cannot reach; the rules the
-online path follows are the shared ones of ``harvest.registry`` (tested on MLflow).
+online path follows are the shared ones of ``harvest.registry.api`` (tested on MLflow).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from registry_testing import toy_runs  # noqa: F401 - fixture
 
-from harvest.registry_cli import main as registry_cli
+from harvest.commands.registry import main as registry_cli
 
 
 def _tree(root: Path) -> set[Path]:

@@ -16,9 +16,9 @@ import torch
 from conftest import GROCERIES
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 
-from harvest import run_directory as rd
-from harvest.cli import cli_main
-from harvest.registry_package import git_commit
+from harvest.commands.main import cli_main
+from harvest.registry.package import git_commit
+from harvest.runs import directory as rd
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}

@@ -10,9 +10,9 @@ import pytest
 import torch
 from registry_testing import migrated_store, sqlite_uri, train_toy  # noqa: F401 - fixtures
 
-from harvest.cli import cli_main
-from harvest.registry import load_model, register_model
-from harvest.runs_clean import main as runs_cli
+from harvest.commands.main import cli_main
+from harvest.commands.runs import main as runs_cli
+from harvest.registry.api import load_model, register_model
 
 NAMES = [f"toy_20250101_00000{i}" for i in range(1, 5)]  # oldest first
 

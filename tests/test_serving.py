@@ -14,7 +14,7 @@ from pycocotools import mask as coco_mask
 from registry_testing import migrated_store, use_mlflow_uri  # noqa: F401 - fixture
 from serving_testing import Registered, b64, fuji_model, grocery_model  # noqa: F401 - fixtures
 
-from harvest.serving import InputError, decode_image, input_values
+from harvest.serving.model import InputError, decode_image, input_values
 
 
 def _pyfunc(model: Registered, monkeypatch: pytest.MonkeyPatch) -> mlflow.pyfunc.PyFuncModel:
@@ -85,7 +85,7 @@ def test_registered_models_carry_harvest_code_requirements_and_an_input_example(
     grocery_model: Registered,
     tmp_path,  # noqa: F811
 ) -> None:
-    from harvest.registry import open_registry
+    from harvest.registry.api import open_registry
 
     package = open_registry(grocery_model.uri).download(grocery_model.ref, tmp_path)
     model_dir = package.parents[1]

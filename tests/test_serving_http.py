@@ -18,7 +18,7 @@ from pycocotools import mask as coco_mask
 from registry_testing import migrated_store  # noqa: F401 - fixture
 from serving_testing import Registered, b64, fuji_model, grocery_model  # noqa: F401 - fixtures
 
-from harvest.serving import ServingModel
+from harvest.serving.model import ServingModel
 
 
 def _ask(model: Registered, tmp_path: Path, body: dict) -> list[dict]:
@@ -91,7 +91,7 @@ def test_a_served_model_runs_the_harvest_code_it_carries(
     tmp_path: Path,
 ) -> None:
     """Loaded in a process without this checkout on its path, the model imports Harvest from its own copy."""
-    from harvest.registry import open_registry
+    from harvest.registry.api import open_registry
 
     package = open_registry(grocery_model.uri).download(grocery_model.ref, tmp_path / "dl")
     model_dir = package.parents[1]

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.semi_supervised import LabelSpreading
 
-from harvest.cli import cli_main
-from harvest.ssl_cli import load_predictors
+from harvest.commands.main import cli_main
+from harvest.commands.ssl import load_predictors
 
 
 def _write(path: Path, n: int, seed: int, hide: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ import yaml
 from conftest import GROCERIES, groceries_args
 from test_sweep_schema import ORIGINAL, ORIGINAL_KEYS
 
-from harvest.cli import cli_main
-from harvest.registry import open_registry
+from harvest.commands.main import cli_main
+from harvest.registry.api import open_registry
 
 pytest.importorskip("optuna")
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import CONFIGS, GROCERIES, REPO
 
-from harvest.sweep_keys import check_conflicts, parse_fit_config, resolve_keys
-from harvest.sweep_schema import SCHEMA_PATH, validate_sweep_config
-from harvest.sweep_space import SweepConfigError, load_sweep
-from harvest.sweep_wandb import agent_command
+from harvest.sweeps.keys import check_conflicts, parse_fit_config, resolve_keys
+from harvest.sweeps.schema import SCHEMA_PATH, validate_sweep_config
+from harvest.sweeps.space import SweepConfigError, load_sweep
+from harvest.sweeps.wandb_export import agent_command
 
 pytest.importorskip("jsonschema")
 
@@ -187,7 +187,7 @@ def test_wandb_hyperband_maps_to_optunas_hyperband_pruner(
 ) -> None:
     from jsonargparse import Namespace
 
-    from harvest.sweep_optuna import hyperband
+    from harvest.sweeps.optuna_study import hyperband
 
     spec = load_sweep(_write(tmp_path, yaml.safe_dump({**VALID, "early_terminate": {"type": "hyperband", **early}})))
     pruner = hyperband(spec, Namespace(trainer=Namespace(max_epochs=epochs)))

@@ -13,8 +13,8 @@ from registry_testing import migrated_store, sqlite_uri  # noqa: F401
 from test_sweeps import TOY_CONFIG
 from wandb_records import OfflineRun, records
 
-from harvest.cli import cli_main
-from harvest.registry import open_registry
+from harvest.commands.main import cli_main
+from harvest.registry.api import open_registry
 
 pytest.importorskip("optuna")
 

@@ -46,7 +46,7 @@ def test_two_workers_share_one_study_without_duplicates(in_tmp: Path, storage: s
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-3000:]
 
-    from harvest.sweep_optuna import open_storage
+    from harvest.sweeps.optuna_study import open_storage
 
     study = optuna.load_study(study_name="shared", storage=open_storage(storage))
     trials = [t for t in study.trials if not t.user_attrs.get("surplus")]

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from conftest import clear_run_name
 
-from harvest.cli import cli_main
-from harvest.sweep_space import SweepConfigError
+from harvest.commands.main import cli_main
+from harvest.sweeps.space import SweepConfigError
 
 pytest.importorskip("optuna")
 

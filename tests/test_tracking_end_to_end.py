@@ -25,8 +25,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from wandb_records import OfflineRun
 
-from harvest.cli import cli_main
-from harvest.run_directory import sha256_file
+from harvest.commands.main import cli_main
+from harvest.runs.directory import sha256_file
 
 ALGORITHMS = ("label_propagation", "label_spreading", "self_training")
 RUN_NAME = re.compile(r"^groceries_ssl_\d{8}_\d{6}(_\d+)?$")

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from toy_lightning import ToyData, ToyModel
 
 from callbacks import MLflowTracking, TrainingSummary
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 
 @pytest.fixture

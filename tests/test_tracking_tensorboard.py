@@ -11,7 +11,7 @@ from conftest import clear_run_name
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from toy_lightning import QUIET_ARGS, ToyModel
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 TOY = ["--model", "test_tracking_tensorboard.GraphToy", "--data", "toy_lightning.ToyData"]
 QUIET = QUIET_ARGS

@@ -12,7 +12,7 @@ from conftest import DDP_CPU, clear_run_name
 from toy_lightning import QUIET_ARGS, TOY_ARGS
 from wandb_records import OfflineRun
 
-from harvest.cli import cli_main
+from harvest.commands.main import cli_main
 
 TESTS = Path(__file__).resolve().parent
 TOY = [*TOY_ARGS, "--trainer.max_epochs", "2"]

@@ -1,0 +1,1 @@
+"""Every ``harvest`` command: parse, call a service, print; nothing else."""

@@ -1,0 +1,1 @@
+"""Harvest's foundations, importing nothing of the project: errors, image decoding, optional imports, precision."""

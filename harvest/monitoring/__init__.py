@@ -1,0 +1,1 @@
+"""Inference monitoring and data versioning: prediction statistics, drift, reference profiles, data set cards."""
